@@ -1,0 +1,206 @@
+//! Where a measured packet's bytes are added, and what happens when a map is full.
+//!
+//! The order is: the flow's own entry; failing that (map full, or a bucket busy because another
+//! program on this CPU holds it) the identity's overflow entry, so the pod still gets its bytes but
+//! loses the remote address; failing that the per-direction `LOST` slot, which cannot fail. Every
+//! byte lands somewhere, and the second and third places are visible as metrics.
+
+use crate::{Counter, FlowKey, OverflowKey};
+
+/// `-EEXIST`: another CPU inserted the same key between our lookup and our insert.
+pub const EEXIST: i64 = -17;
+
+/// A counting map as the per-packet logic sees it (a per-CPU hash in the kernel).
+pub trait CounterMap<K> {
+    /// Adds to an existing entry; false when the key is absent.
+    fn add_existing(&self, key: &K, bytes: u64, packets: u64) -> bool;
+    /// Inserts a new entry only if absent; the kernel's error code otherwise.
+    fn insert_new(&self, key: &K, value: &Counter) -> Result<(), i64>;
+}
+
+/// The last resort: a slot per direction that always exists.
+pub trait LostCounter {
+    fn add(&self, direction: u8, bytes: u64, packets: u64);
+}
+
+/// Where the bytes of one packet went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Landed {
+    Flow,
+    Overflow,
+    Lost,
+}
+
+#[inline(always)]
+fn add_or_insert<K, M: CounterMap<K>>(map: &M, key: &K, bytes: u64, packets: u64) -> bool {
+    if map.add_existing(key, bytes, packets) {
+        return true;
+    }
+    match map.insert_new(key, &Counter { bytes, packets }) {
+        Ok(()) => true,
+        Err(EEXIST) => map.add_existing(key, bytes, packets),
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+pub fn account<F, O, L>(
+    flows: &F,
+    overflow: &O,
+    lost: &L,
+    key: &FlowKey,
+    bytes: u64,
+    packets: u64,
+) -> Landed
+where
+    F: CounterMap<FlowKey>,
+    O: CounterMap<OverflowKey>,
+    L: LostCounter,
+{
+    if add_or_insert(flows, key, bytes, packets) {
+        return Landed::Flow;
+    }
+    if add_or_insert(
+        overflow,
+        &OverflowKey::new(key.cgroup_id, key.direction),
+        bytes,
+        packets,
+    ) {
+        return Landed::Overflow;
+    }
+    lost.add(key.direction, bytes, packets);
+    Landed::Lost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4};
+    use core::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+
+    /// A bounded map like a preallocated BPF hash: inserts fail with -E2BIG when full; it can also
+    /// be told to report one -EEXIST race.
+    struct BoundedMap<K> {
+        capacity: usize,
+        entries: RefCell<BTreeMap<K, Counter>>,
+        race_once: Cell<bool>,
+    }
+
+    impl<K: Ord + Clone> BoundedMap<K> {
+        fn new(capacity: usize) -> Self {
+            BoundedMap {
+                capacity,
+                entries: RefCell::new(BTreeMap::new()),
+                race_once: Cell::new(false),
+            }
+        }
+        fn get(&self, key: &K) -> Option<Counter> {
+            self.entries.borrow().get(key).copied()
+        }
+    }
+
+    impl<K: Ord + Clone> CounterMap<K> for BoundedMap<K> {
+        fn add_existing(&self, key: &K, bytes: u64, packets: u64) -> bool {
+            match self.entries.borrow_mut().get_mut(key) {
+                Some(c) => {
+                    c.add(bytes, packets);
+                    true
+                }
+                None => false,
+            }
+        }
+        fn insert_new(&self, key: &K, value: &Counter) -> Result<(), i64> {
+            if self.race_once.replace(false) {
+                // Another CPU won the race: its (zero on this CPU) entry now exists.
+                self.entries
+                    .borrow_mut()
+                    .insert(key.clone(), Counter::default());
+                return Err(EEXIST);
+            }
+            let mut entries = self.entries.borrow_mut();
+            if entries.contains_key(key) {
+                return Err(EEXIST);
+            }
+            if entries.len() >= self.capacity {
+                return Err(-7); // -E2BIG
+            }
+            entries.insert(key.clone(), *value);
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Lost(RefCell<[Counter; 2]>);
+    impl LostCounter for Lost {
+        fn add(&self, direction: u8, bytes: u64, packets: u64) {
+            self.0.borrow_mut()[direction as usize].add(bytes, packets);
+        }
+    }
+
+    fn key(cgroup: u64, last_octet: u8, direction: u8) -> FlowKey {
+        let mut remote = [0; 16];
+        remote[..4].copy_from_slice(&[192, 0, 2, last_octet]);
+        FlowKey::new(cgroup, remote, FAMILY_IPV4, direction)
+    }
+
+    #[test]
+    fn bytes_fall_through_flow_then_overflow_then_lost_and_none_vanish() {
+        let flows = BoundedMap::new(2);
+        let overflow = BoundedMap::new(1);
+        let lost = Lost::default();
+        let sent = [
+            (key(1, 1, DIRECTION_EGRESS), 100, Landed::Flow),
+            (key(1, 1, DIRECTION_EGRESS), 50, Landed::Flow),
+            (key(1, 2, DIRECTION_EGRESS), 10, Landed::Flow),
+            (key(1, 3, DIRECTION_EGRESS), 7, Landed::Overflow),
+            (key(1, 4, DIRECTION_EGRESS), 3, Landed::Overflow),
+            (key(2, 4, DIRECTION_INGRESS), 5, Landed::Lost),
+        ];
+        for (k, bytes, want) in sent {
+            assert_eq!(account(&flows, &overflow, &lost, &k, bytes, 1), want);
+        }
+        assert_eq!(flows.get(&key(1, 1, DIRECTION_EGRESS)).unwrap().bytes, 150);
+        assert_eq!(
+            overflow
+                .get(&OverflowKey::new(1, DIRECTION_EGRESS))
+                .unwrap(),
+            Counter {
+                bytes: 10,
+                packets: 2
+            }
+        );
+        assert_eq!(lost.0.borrow()[DIRECTION_INGRESS as usize].bytes, 5);
+        let stored: u64 = flows
+            .entries
+            .borrow()
+            .values()
+            .map(|c| c.bytes)
+            .sum::<u64>()
+            + overflow
+                .entries
+                .borrow()
+                .values()
+                .map(|c| c.bytes)
+                .sum::<u64>()
+            + lost.0.borrow().iter().map(|c| c.bytes).sum::<u64>();
+        assert_eq!(stored, 100 + 50 + 10 + 7 + 3 + 5);
+    }
+
+    #[test]
+    fn insert_race_adds_to_the_winner_entry() {
+        let flows = BoundedMap::new(8);
+        flows.race_once.set(true);
+        let overflow = BoundedMap::new(1);
+        let lost = Lost::default();
+        let k = key(9, 9, DIRECTION_EGRESS);
+        assert_eq!(account(&flows, &overflow, &lost, &k, 42, 3), Landed::Flow);
+        assert_eq!(
+            flows.get(&k),
+            Some(Counter {
+                bytes: 42,
+                packets: 3
+            })
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! The ABI shared by the kernel programs (`agent-ebpf`) and the agent, plus the per-packet logic
+//! written against small traits so that it runs — and is unit-tested — in plain `cargo test`.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]` with explicit padding, so its layout
+//! is the same in the BPF object and in user space, and no uninitialised byte ever reaches a hash.
+#![no_std]
+
+pub mod account;
+pub mod wire;
+
+/// Bump when any map layout or meaning below changes; user space refuses an object of another
+/// version and later pins live under a path that carries it.
+pub const ABI_VERSION: u32 = 1;
+
+/// Which way a packet went, seen from the local socket.
+pub const DIRECTION_EGRESS: u8 = 0;
+pub const DIRECTION_INGRESS: u8 = 1;
+
+/// `FlowKey::family` values.
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Default capacities. Both are overridable at load time (`EbpfLoader::set_max_entries`).
+pub const DEFAULT_FLOW_ENTRIES: u32 = 65_536;
+pub const DEFAULT_OVERFLOW_ENTRIES: u32 = 4_096;
+
+/// Names of the maps, used by the loader and the drain.
+pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+pub const MAP_OVERFLOW: [&str; 2] = ["OVERFLOW_0", "OVERFLOW_1"];
+pub const MAP_LOST: &str = "LOST";
+pub const MAP_CONTROL: &str = "CONTROL";
+
+/// `CONTROL[CONTROL_ACTIVE]` holds the index (0 or 1) of the buffer the programs write to. The
+/// drain flips it, waits for an RCU grace period (every program that read the old index has then
+/// returned) and reads and empties the idle buffer, which nothing writes any more: no byte added
+/// between a read and a delete can be lost.
+pub const CONTROL_ACTIVE: u32 = 0;
+pub const CONTROL_ENTRIES: u32 = 1;
+
+/// One counting key: the socket's cgroup (the workload identity), the remote address and the
+/// direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// cgroup v2 id of the socket that sent or received the packet (`bpf_skb_cgroup_id`).
+    pub cgroup_id: u64,
+    /// Remote address: the 4 bytes of an IPv4 address followed by 12 zero bytes, or an IPv6
+    /// address, in network byte order.
+    pub remote: [u8; 16],
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// `DIRECTION_EGRESS` or `DIRECTION_INGRESS`.
+    pub direction: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Per-identity fallback key used when a `FlowKey` cannot be inserted (flow map full or busy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OverflowKey {
+    pub cgroup_id: u64,
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Wire bytes and wire packets (segments), added in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&mut self, bytes: u64, packets: u64) {
+        self.bytes = self.bytes.wrapping_add(bytes);
+        self.packets = self.packets.wrapping_add(packets);
+    }
+}
+
+/// `LOST` is a per-CPU array indexed by direction: bytes that could be stored neither under their
+/// flow nor under their identity's overflow entry. An array slot always exists, so this last
+/// resort cannot fail; it is never reset, user space reads it as a monotonic total.
+pub const LOST_ENTRIES: u32 = 2;
+
+impl FlowKey {
+    pub const fn new(cgroup_id: u64, remote: [u8; 16], family: u8, direction: u8) -> Self {
+        FlowKey {
+            cgroup_id,
+            remote,
+            family,
+            direction,
+            _pad: [0; 6],
+        }
+    }
+}
+
+impl OverflowKey {
+    pub const fn new(cgroup_id: u64, direction: u8) -> Self {
+        OverflowKey {
+            cgroup_id,
+            direction,
+            _pad: [0; 7],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::OverflowKey {}
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn abi_layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 8 + 16 + 1 + 1 + 6);
+        assert_eq!(align_of::<FlowKey>(), 8);
+        assert_eq!(size_of::<OverflowKey>(), 16);
+        assert_eq!(size_of::<Counter>(), 16);
+    }
+}

@@ -1,0 +1,275 @@
+//! From what the kernel hands a `cgroup_skb` program to what the NIC puts on the wire.
+//!
+//! A `cgroup_skb` packet's data starts at the IP header and `len` is its L3 length. With offloads
+//! the stack hands us super-packets (GSO on send, GRO on receive) that become `segs` packets on the
+//! wire, each with its own IP and transport headers: `len + (segs - 1) × header_len` bytes. Counting
+//! that, rather than `len`, is what keeps the figures the same with offloads on or off and equal to
+//! what AWS bills (IP bytes per packet).
+
+use crate::{FAMILY_IPV4, FAMILY_IPV6};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const IPV6_HEADER_LEN: u32 = 40;
+const UDP_HEADER_LEN: u32 = 8;
+
+/// The few things the per-packet logic needs from a packet. The kernel program implements it over
+/// `__sk_buff`; tests implement it over a byte vector.
+pub trait Packet {
+    /// `skb->protocol` in host byte order (an `ETH_P_*` value).
+    fn protocol(&self) -> u16;
+    /// L3 length, including every segment's payload of a super-packet.
+    fn len(&self) -> u32;
+    fn gso_segs(&self) -> u32;
+    fn gso_size(&self) -> u32;
+    /// Copies `N` bytes from `offset` (relative to the IP header); `None` when out of bounds.
+    fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
+}
+
+/// The remote end and the wire size of one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measured {
+    pub family: u8,
+    pub remote: [u8; 16],
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+/// Wire bytes and packets of a (possibly super-) packet of `len` L3 bytes whose per-segment headers
+/// (IP + transport) are `header_len` bytes. `gso_segs` is trusted when set; an skb from an untrusted
+/// source (SKB_GSO_DODGY) may carry only `gso_size`, and then the count is derived from it.
+#[inline(always)]
+pub fn wire_size(len: u32, gso_segs: u32, gso_size: u32, header_len: u32) -> (u64, u64) {
+    let segs = if gso_segs > 0 {
+        gso_segs
+    } else if gso_size > 0 && len > header_len {
+        (len - header_len).div_ceil(gso_size)
+    } else {
+        1
+    };
+    if segs <= 1 {
+        return (len as u64, 1);
+    }
+    (
+        len as u64 + (segs as u64 - 1) * header_len as u64,
+        segs as u64,
+    )
+}
+
+/// Whether the headers must be parsed to size this packet: only super-packets need them, so the
+/// common small packet costs no transport-header load.
+#[inline(always)]
+fn needs_header_len(gso_segs: u32, gso_size: u32) -> bool {
+    gso_segs > 1 || (gso_segs == 0 && gso_size > 0)
+}
+
+/// Transport header length at `offset`; 0 for protocols that are never segmented.
+#[inline(always)]
+fn transport_header_len<P: Packet>(packet: &P, proto: u8, offset: u32) -> u32 {
+    match proto {
+        IPPROTO_TCP => match packet.load::<1>(offset + 12) {
+            // Data offset: the high nibble counts 32-bit words.
+            Some([doff]) => ((doff >> 4) as u32) * 4,
+            None => 20,
+        },
+        IPPROTO_UDP => UDP_HEADER_LEN,
+        _ => 0,
+    }
+}
+
+/// Measures one packet. `egress` selects the remote end: the destination of what we send, the
+/// source of what we receive. `None` for non-IP packets or a header that cannot be read (such a
+/// packet is not ours to count: nothing on an AWS bill is non-IP).
+#[inline(always)]
+pub fn measure<P: Packet>(packet: &P, egress: bool) -> Option<Measured> {
+    let len = packet.len();
+    let gso_segs = packet.gso_segs();
+    let gso_size = packet.gso_size();
+    let mut remote = [0u8; 16];
+    let (family, header_len) = match packet.protocol() {
+        ETH_P_IP => {
+            let ip: [u8; 20] = packet.load(0)?;
+            let at = if egress { 16 } else { 12 };
+            remote[..4].copy_from_slice(&ip[at..at + 4]);
+            let ip_len = ((ip[0] & 0x0f) as u32) * 4;
+            let header_len = if needs_header_len(gso_segs, gso_size) {
+                ip_len + transport_header_len(packet, ip[9], ip_len)
+            } else {
+                0
+            };
+            (FAMILY_IPV4, header_len)
+        }
+        ETH_P_IPV6 => {
+            let ip: [u8; 40] = packet.load(0)?;
+            let at = if egress { 24 } else { 8 };
+            remote.copy_from_slice(&ip[at..at + 16]);
+            // Extension headers are not walked: the kernel only segments TCP and UDP, which follow
+            // the fixed header directly in every stack we know of.
+            let header_len = if needs_header_len(gso_segs, gso_size) {
+                IPV6_HEADER_LEN + transport_header_len(packet, ip[6], IPV6_HEADER_LEN)
+            } else {
+                0
+            };
+            (FAMILY_IPV6, header_len)
+        }
+        _ => return None,
+    };
+    let (bytes, packets) = wire_size(len, gso_segs, gso_size, header_len);
+    Some(Measured {
+        family,
+        remote,
+        bytes,
+        packets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    struct FakeSkb {
+        protocol: u16,
+        data: Vec<u8>,
+        len: u32,
+        gso_segs: u32,
+        gso_size: u32,
+    }
+
+    impl Packet for FakeSkb {
+        fn protocol(&self) -> u16 {
+            self.protocol
+        }
+        fn len(&self) -> u32 {
+            self.len
+        }
+        fn gso_segs(&self) -> u32 {
+            self.gso_segs
+        }
+        fn gso_size(&self) -> u32 {
+            self.gso_size
+        }
+        fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+            let start = offset as usize;
+            self.data.get(start..start + N)?.try_into().ok()
+        }
+    }
+
+    fn ipv4_tcp(src: [u8; 4], dst: [u8; 4], tcp_options: usize, payload: usize) -> Vec<u8> {
+        let mut p = std::vec![0u8; 20 + 20 + tcp_options + payload];
+        p[0] = 0x45;
+        p[9] = IPPROTO_TCP;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20 + 12] = (((20 + tcp_options) / 4) as u8) << 4;
+        p
+    }
+
+    /// Segments a payload the way a NIC does (MSS-sized, the last one shorter) and adds up the IP
+    /// bytes of the segments: the independent truth for `wire_size`.
+    fn segmented_wire_bytes(header_len: u32, payload: u32, mss: u32) -> (u64, u64) {
+        let mut left = payload;
+        let (mut bytes, mut packets) = (0u64, 0u64);
+        while left > 0 {
+            let seg = left.min(mss);
+            bytes += (header_len + seg) as u64;
+            packets += 1;
+            left -= seg;
+        }
+        (bytes, packets)
+    }
+
+    #[test]
+    fn plain_packet_is_its_length() {
+        assert_eq!(wire_size(1500, 0, 0, 52), (1500, 1));
+        assert_eq!(wire_size(60, 1, 0, 0), (60, 1));
+    }
+
+    #[test]
+    fn super_packet_matches_segmenting_it() {
+        for (header_len, payload, mss) in [
+            (52u32, 65_000u32, 1448u32),
+            (40, 1, 1460),
+            (60, 64_000, 8948),
+            (28, 30_000, 1472),
+            (72, 1448 * 45, 1448),
+        ] {
+            let segs = payload.div_ceil(mss);
+            let len = header_len + payload;
+            let want = segmented_wire_bytes(header_len, payload, mss);
+            assert_eq!(wire_size(len, segs, mss, header_len), want, "gso_segs set");
+            assert_eq!(
+                wire_size(len, 0, mss, header_len),
+                want,
+                "only gso_size set"
+            );
+        }
+    }
+
+    #[test]
+    fn measures_ipv4_tcp_super_packet_and_picks_remote_by_direction() {
+        let data = ipv4_tcp([10, 0, 0, 1], [203, 0, 113, 7], 12, 10 * 1448);
+        let skb = FakeSkb {
+            protocol: ETH_P_IP,
+            len: data.len() as u32,
+            data,
+            gso_segs: 10,
+            gso_size: 1448,
+        };
+        let out = measure(&skb, true).unwrap();
+        assert_eq!(out.family, FAMILY_IPV4);
+        assert_eq!(&out.remote[..4], &[203, 0, 113, 7]);
+        assert_eq!(&out.remote[4..], &[0; 12]);
+        assert_eq!(
+            (out.bytes, out.packets),
+            segmented_wire_bytes(52, 10 * 1448, 1448)
+        );
+        let back = measure(&skb, false).unwrap();
+        assert_eq!(&back.remote[..4], &[10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn measures_ipv6_udp_gso() {
+        let mut data = std::vec![0u8; 40 + 8 + 4 * 1200];
+        data[0] = 0x60;
+        data[6] = IPPROTO_UDP;
+        data[8..24].copy_from_slice(&[0xfd; 16]);
+        data[24..40].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let skb = FakeSkb {
+            protocol: ETH_P_IPV6,
+            len: data.len() as u32,
+            data,
+            gso_segs: 4,
+            gso_size: 1200,
+        };
+        let out = measure(&skb, true).unwrap();
+        assert_eq!(out.family, FAMILY_IPV6);
+        assert_eq!(out.remote[0..2], [0x20, 0x01]);
+        assert_eq!(
+            (out.bytes, out.packets),
+            segmented_wire_bytes(48, 4800, 1200)
+        );
+    }
+
+    #[test]
+    fn non_ip_and_truncated_packets_are_not_counted() {
+        let arp = FakeSkb {
+            protocol: 0x0806,
+            data: std::vec![0; 28],
+            len: 28,
+            gso_segs: 0,
+            gso_size: 0,
+        };
+        assert_eq!(measure(&arp, true), None);
+        let short = FakeSkb {
+            protocol: ETH_P_IP,
+            data: std::vec![0x45; 10],
+            len: 10,
+            gso_segs: 0,
+            gso_size: 0,
+        };
+        assert_eq!(measure(&short, true), None);
+    }
+}

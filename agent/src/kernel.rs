@@ -1,0 +1,224 @@
+//! Loads the kernel programs, attaches them at the cgroup v2 root, and gives the drain its maps.
+
+use std::{fs::File, path::Path, time::Duration};
+
+use agent_common::{
+    Counter, FlowKey, OverflowKey, CONTROL_ACTIVE, MAP_CONTROL, MAP_FLOWS, MAP_LOST, MAP_OVERFLOW,
+};
+use aya::{
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+    Ebpf, EbpfLoader,
+};
+
+use crate::drain::{sum_per_cpu, CountingBuffers};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("opening the cgroup v2 root {path}: {source}")]
+    CgroupRoot {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("waiting for an RCU grace period (membarrier): {0}")]
+    Membarrier(std::io::Error),
+}
+
+/// The compiled kernel programs (built by aya-build from `agent-ebpf`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcost"));
+
+pub const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    ("netcost_egress", CgroupSkbAttachType::Egress),
+    ("netcost_ingress", CgroupSkbAttachType::Ingress),
+];
+
+/// Loaded and attached programs plus their maps. Dropping it detaches the programs (they are
+/// attached through BPF links owned by this process, so even a SIGKILL detaches them).
+pub struct Kernel {
+    _ebpf: Ebpf,
+    pub attached: usize,
+}
+
+pub struct KernelMaps {
+    control: Array<MapData, u32>,
+    flows: [PerCpuHashMap<MapData, FlowKey, Counter>; 2],
+    overflow: [PerCpuHashMap<MapData, OverflowKey, Counter>; 2],
+    lost: PerCpuArray<MapData, Counter>,
+    pub flow_capacity: u32,
+    pub overflow_capacity: u32,
+    /// Entries found in the last drain (≈ peak occupancy of one interval).
+    pub last_flow_entries: usize,
+    pub last_overflow_entries: usize,
+    /// Entries that could not be read or deleted in the last drain (left for the next one).
+    pub last_entry_errors: usize,
+}
+
+fn map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let m = ebpf.take_map(name).ok_or(KernelError::Missing(name))?;
+    T::try_from(m).map_err(|source| KernelError::Map { name, source })
+}
+
+pub fn load_and_attach(
+    cgroup_root: &Path,
+    flow_entries: u32,
+    overflow_entries: u32,
+) -> Result<(Kernel, KernelMaps), KernelError> {
+    let mut loader = EbpfLoader::new();
+    for name in MAP_FLOWS {
+        loader.map_max_entries(name, flow_entries);
+    }
+    for name in MAP_OVERFLOW {
+        loader.map_max_entries(name, overflow_entries);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let root = File::open(cgroup_root).map_err(|source| KernelError::CgroupRoot {
+        path: cgroup_root.display().to_string(),
+        source,
+    })?;
+    let maps = KernelMaps {
+        control: map(&mut ebpf, MAP_CONTROL)?,
+        flows: [map(&mut ebpf, MAP_FLOWS[0])?, map(&mut ebpf, MAP_FLOWS[1])?],
+        overflow: [
+            map(&mut ebpf, MAP_OVERFLOW[0])?,
+            map(&mut ebpf, MAP_OVERFLOW[1])?,
+        ],
+        lost: map(&mut ebpf, MAP_LOST)?,
+        flow_capacity: flow_entries,
+        overflow_capacity: overflow_entries,
+        last_flow_entries: 0,
+        last_overflow_entries: 0,
+        last_entry_errors: 0,
+    };
+    let mut attached = 0;
+    for (name, attach_type) in PROGRAMS {
+        let program: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or(KernelError::Missing(name))?
+            .try_into()
+            .map_err(|source| KernelError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| KernelError::Program { name, source })?;
+        // aya attaches through a BPF link on kernels >= 5.7. Cgroup links always coexist with other
+        // programs on the same cgroup (systemd's, Cilium's, …) and the kernel rejects any flag on
+        // them, so the mode must be the flag-less `Single`.
+        program
+            .attach(&root, attach_type, CgroupAttachMode::Single)
+            .map_err(|source| KernelError::Program { name, source })?;
+        attached += 1;
+    }
+    Ok((
+        Kernel {
+            _ebpf: ebpf,
+            attached,
+        },
+        maps,
+    ))
+}
+
+/// Reads and deletes every entry of a per-CPU hash. Keys are collected first: deleting while the
+/// kernel iterator walks the same buckets could skip entries.
+fn take_all<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut PerCpuHashMap<MapData, K, Counter>,
+    errors: &mut usize,
+) -> Vec<(K, Counter)> {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Ok(values) = map.get(&key, 0) else {
+            *errors += 1;
+            continue;
+        };
+        // Only report what we could also delete; otherwise the next drain would count it again.
+        if map.remove(&key).is_err() {
+            *errors += 1;
+            continue;
+        }
+        out.push((key, sum_per_cpu(&values)));
+    }
+    out
+}
+
+impl CountingBuffers for KernelMaps {
+    type Error = KernelError;
+
+    fn set_active(&mut self, index: u32) -> Result<(), KernelError> {
+        self.control
+            .set(CONTROL_ACTIVE, index, 0)
+            .map_err(|source| KernelError::Map {
+                name: MAP_CONTROL,
+                source,
+            })
+    }
+
+    fn wait_for_writers(&mut self) -> Result<(), KernelError> {
+        wait_for_rcu_grace_period()
+    }
+
+    fn take_flows(&mut self, index: u32) -> Result<Vec<(FlowKey, Counter)>, KernelError> {
+        self.last_entry_errors = 0;
+        let out = take_all(&mut self.flows[index as usize], &mut self.last_entry_errors);
+        self.last_flow_entries = out.len();
+        Ok(out)
+    }
+
+    fn take_overflow(&mut self, index: u32) -> Result<Vec<(OverflowKey, Counter)>, KernelError> {
+        let out = take_all(
+            &mut self.overflow[index as usize],
+            &mut self.last_entry_errors,
+        );
+        self.last_overflow_entries = out.len();
+        Ok(out)
+    }
+
+    fn lost(&mut self) -> Result<[Counter; 2], KernelError> {
+        let mut out = [Counter::default(); 2];
+        for (direction, slot) in out.iter_mut().enumerate() {
+            let values =
+                self.lost
+                    .get(&(direction as u32), 0)
+                    .map_err(|source| KernelError::Map {
+                        name: MAP_LOST,
+                        source,
+                    })?;
+            *slot = sum_per_cpu(&values);
+        }
+        Ok(out)
+    }
+}
+
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` runs `synchronize_rcu()` in the kernel. cgroup_skb programs
+/// run inside an RCU read-side critical section, so when it returns every program that read the
+/// old buffer index has finished. The command is refused on nohz_full kernels; there a generous
+/// sleep is the best we can do (programs run for nanoseconds).
+fn wait_for_rcu_grace_period() -> Result<(), KernelError> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
+    if ret == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        std::thread::sleep(Duration::from_millis(50));
+        return Ok(());
+    }
+    Err(KernelError::Membarrier(err))
+}

@@ -1,0 +1,15 @@
+//! netcost agent: kernel maps → drain → attribute → classify → expose.
+//!
+//! Each step is a module that can be read alone: [`kernel`] loads and attaches the programs,
+//! [`drain`] takes their counts out losslessly, [`identity`] attributes cgroups to pods,
+//! [`topology`] classifies remote addresses, [`metrics`] and [`server`] expose the result, and
+//! [`pipeline`] runs the steps in that order.
+
+pub mod config;
+pub mod drain;
+pub mod identity;
+pub mod kernel;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod topology;

@@ -1,0 +1,200 @@
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{mpsc, Arc},
+    time::Duration,
+};
+
+use agent::{
+    config::{CgroupRoot, Config},
+    drain::Drainer,
+    identity::{find_cgroup2_mount, CgroupResolver},
+    kernel,
+    metrics::{MapLabels, Metrics},
+    pipeline::Pipeline,
+    server::{self, Health},
+};
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: netcost-agent [--config FILE]
+
+Counts every pod's network bytes in the kernel and serves them as Prometheus metrics.
+  --config FILE   configuration (default: $NETCOST_CONFIG, else /etc/netcost/config.yaml)
+  --version       print the version
+Logging: RUST_LOG (default: info).";
+
+/// cgroup ids of pods that are gone stay resolvable this long, so late drains still attribute.
+const CGROUP_RETENTION: Duration = Duration::from_secs(600);
+/// A deleted pod's series keep their final values this long before they disappear.
+const SERIES_GRACE: Duration = Duration::from_secs(300);
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let mut config_path = std::env::var_os("NETCOST_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/netcost/config.yaml"));
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" => match args.next() {
+                Some(p) => config_path = PathBuf::from(p),
+                None => {
+                    eprintln!("netcost-agent: --config needs a file\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            "--version" => {
+                println!("netcost-agent {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("netcost-agent: unknown argument {other:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("netcost-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("netcost-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netcost-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let cgroup_root = match &config.cgroup_root {
+        CgroupRoot::Path(p) => p.clone(),
+        CgroupRoot::Auto => {
+            let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+            find_cgroup2_mount(&mounts)
+                .context("no cgroup2 file system in /proc/mounts: netcost needs the cgroup v2 hierarchy mounted (set cgroup_root to point at it)")?
+        }
+    };
+    let (kernel, maps) =
+        kernel::load_and_attach(&cgroup_root, config.flow_entries, config.overflow_entries)
+            .with_context(|| format!("attaching to cgroup v2 root {}", cgroup_root.display()))?;
+    tracing::info!(
+        cgroup_root = %cgroup_root.display(),
+        programs = kernel.attached,
+        "counting every socket's packets"
+    );
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    metrics.programs_attached.set(kernel.attached as i64);
+    for (map, capacity) in [
+        ("flows", maps.flow_capacity),
+        ("overflow", maps.overflow_capacity),
+    ] {
+        metrics
+            .map_capacity
+            .get_or_create(&MapLabels { map })
+            .set(capacity as i64);
+    }
+    let registry = Arc::new(registry);
+    let health = Arc::new(Health::new(
+        config.drain_interval * 3 + Duration::from_secs(5),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(address = %bound, "serving metrics on http://{bound}/metrics");
+    tokio::spawn(server::serve(listener, registry.clone(), health.clone()));
+
+    // The drain runs on its own thread: its syscalls block, and a slow drain must not delay scrapes.
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let interval = config.drain_interval;
+    let resolver = CgroupResolver::new(cgroup_root, CGROUP_RETENTION);
+    let mut pipeline = Pipeline::new(
+        Drainer::new(maps, 0),
+        resolver,
+        config.topology.clone(),
+        metrics.clone(),
+        SERIES_GRACE,
+    );
+    let drain_health = health.clone();
+    let drain_thread = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || loop {
+            let stopping = !matches!(
+                stop_rx.recv_timeout(interval),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            );
+            match pipeline.tick() {
+                Ok(()) => drain_health.drained(),
+                Err(e) => {
+                    metrics.drain_errors.inc();
+                    tracing::warn!(error = %e, "drain failed; the entries stay in the kernel for the next one");
+                }
+            }
+            let maps = pipeline.drainer().buffers();
+            for (map, n) in [
+                ("flows", maps.last_flow_entries),
+                ("overflow", maps.last_overflow_entries),
+            ] {
+                metrics.map_entries.get_or_create(&MapLabels { map }).set(n as i64);
+            }
+            metrics.map_entry_errors.inc_by(maps.last_entry_errors as u64);
+            if stopping {
+                return;
+            }
+        })
+        .context("starting the drain thread")?;
+
+    shutdown_signal().await;
+    tracing::info!("stopping: final drain, then detaching");
+    let _ = stop_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || drain_thread.join()).await;
+    let attached = kernel.attached;
+    drop(kernel);
+    tracing::info!(programs = attached, "detached every program");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
