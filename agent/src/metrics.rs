@@ -214,6 +214,13 @@ impl Metrics {
                 abi_version: agent_common::ABI_VERSION.to_string(),
             })
             .set(1);
+        // Alerts watch these: expose them at zero from the start.
+        for direction in Direction::BOTH {
+            let labels = DirectionLabels { direction };
+            let _ = m.overflow_bytes.get_or_create(&labels);
+            let _ = m.lost_bytes.get_or_create(&labels);
+            let _ = m.lost_packets.get_or_create(&labels);
+        }
         m
     }
 

@@ -1,1 +1,271 @@
-fn main() {}
+//! `cargo xtask <build|run|test|bench>`: everything a fresh machine needs, then the job.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+mod bench;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests and the bench use, each with a command that proves it is there.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("iproute2", "tc"),
+    ("ethtool", "ethtool"),
+    ("iperf3", "iperf3"),
+    ("bpftool", "bpftool"),
+];
+
+const USAGE: &str = "usage: cargo xtask <command>
+  build   install missing tools, build the agent (release)
+  run     build, then run the agent on this machine (Ctrl-C stops it and detaches its programs)
+  test    install missing tools, run every test (unit tests, then the root netns tests one at a time)
+  bench   per-packet cost and throughput with and without the agent";
+
+fn main() -> Result<()> {
+    let mut args = env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "build" => {
+            let tools = ensure_tools()?;
+            build_agent(&tools)?;
+            Ok(())
+        }
+        "run" => run(&rest),
+        "test" => test(&rest),
+        "bench" => {
+            let tools = ensure_tools()?;
+            let agent = build_agent(&tools)?;
+            bench::run(&tools, &agent)
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            bail!("unknown command {command:?}")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_owned()
+}
+
+fn step(message: &str) {
+    eprintln!("xtask: {message}");
+}
+
+/// What the builds need on PATH.
+pub struct Tools {
+    /// PATH with the directory holding bpf-linker in front.
+    pub path: OsString,
+}
+
+impl Tools {
+    pub fn cargo(&self) -> Command {
+        let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.env("PATH", &self.path).current_dir(workspace_root());
+        c
+    }
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let s = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !s.success() {
+        bail!("{cmd:?} failed with {s}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn ensure_tools() -> Result<Tools> {
+    // Nightly with rust-src builds the kernel crate (-Z build-std=core).
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "the nightly toolchain is needed for the eBPF crate (rustup toolchain install nightly)",
+    )?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        step("installing rust-src for nightly");
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    // bpf-linker, built against the nightly toolchain's own LLVM (no matching system LLVM here).
+    let bin_dir = cargo_home().join("bin");
+    let mut path = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>();
+    if !path.contains(&bin_dir) {
+        path.insert(0, bin_dir.clone());
+    }
+    let path = env::join_paths(path).context("building PATH")?;
+    let linker_ok = Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .env("PATH", &path)
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        });
+    if !linker_ok {
+        install_bpf_linker(&sysroot, &bin_dir)?;
+    }
+
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, cmd)| !have(cmd) && !Path::new("/usr/sbin").join(cmd).is_file())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        let mut pkgs = missing.clone();
+        pkgs.dedup();
+        step(&format!("installing Debian packages: {}", pkgs.join(" ")));
+        status(Command::new("apt-get").arg("update").arg("-qq"))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&pkgs)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    Ok(Tools { path })
+}
+
+fn install_bpf_linker(sysroot: &Path, bin_dir: &Path) -> Result<()> {
+    let lib = sysroot.join("lib");
+    // The toolchain ships e.g. libLLVM.so.22.1-rust-1.97.0-nightly; its major version picks the
+    // bpf-linker feature.
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: the nightly toolchain must ship LLVM as a shared library",
+                lib.display()
+            )
+        })?;
+    let major: String = llvm["libLLVM.so.".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's LLVM {major} (about a minute)"
+    ));
+    // llvm-sys looks for lib/libLLVM.so under LLVM_PREFIX; point it at the toolchain's copy.
+    let prefix = workspace_root().join("target/xtask/llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&llvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    let root = bin_dir.parent().context("cargo home has no parent")?;
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "--quiet",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .arg("--root")
+            .arg(root)
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("building bpf-linker")
+}
+
+/// Builds the agent in release mode and returns the binary's path.
+fn build_agent(tools: &Tools) -> Result<PathBuf> {
+    step("building netcost-agent (release)");
+    status(tools.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "agent",
+        "--bin",
+        "netcost-agent",
+    ]))?;
+    Ok(workspace_root().join("target/release/netcost-agent"))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let tools = ensure_tools()?;
+    let agent = build_agent(&tools)?;
+    let config = workspace_root().join("deploy/config/local.yaml");
+    let mut cmd = Command::new(&agent);
+    cmd.arg("--config").arg(&config).args(args);
+    if env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    eprintln!(
+        "xtask: starting {} with {}\nxtask: metrics at http://127.0.0.1:3001/metrics (Ctrl-C stops the agent and detaches its programs)",
+        agent.display(),
+        config.display()
+    );
+    // Replace this process: Ctrl-C then reaches the agent alone and it shuts down cleanly.
+    use std::os::unix::process::CommandExt as _;
+    Err(cmd.exec()).with_context(|| format!("starting {}", agent.display()))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let tools = ensure_tools()?;
+    let agent = build_agent(&tools)?;
+    step("unit tests (no root needed)");
+    status(
+        tools
+            .cargo()
+            .args(["test", "--workspace", "--exclude", "netcost-tests"])
+            .args(args),
+    )?;
+    step("root integration tests: simulated node in network namespaces, one at a time");
+    status(
+        tools
+            .cargo()
+            .args(["test", "--release", "-p", "netcost-tests"])
+            .args(args)
+            .args(["--", "--test-threads=1"])
+            .env("NETCOST_AGENT_BIN", &agent),
+    )
+}

@@ -1,0 +1,259 @@
+//! The real agent binary as a child process, and its /metrics.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::Proc;
+
+pub struct Agent {
+    proc: Proc,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+/// The agent binary: `NETCOST_AGENT_BIN` (set by `cargo xtask test`), else the release build.
+pub fn agent_bin() -> Result<PathBuf> {
+    let bin = std::env::var_os("NETCOST_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/netcost-agent")
+        });
+    if !bin.is_file() {
+        bail!(
+            "agent binary {} is missing: run the tests with `cargo xtask test`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Agent {
+    /// Starts the agent with `config` (YAML without `listen`, which is added) and waits until it
+    /// is ready (programs attached, one drain done).
+    pub fn start(name: &str, config: &str) -> Result<Agent> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir();
+        let config_path = dir.join(format!("nct-{name}.yaml"));
+        let log_path = dir.join(format!("nct-{name}.log"));
+        std::fs::write(
+            &config_path,
+            format!("listen: \"127.0.0.1:{port}\"\n{config}"),
+        )?;
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(agent_bin()?)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")?;
+        let mut agent = Agent {
+            proc: Proc {
+                child: Some(child),
+                what: "netcost-agent".into(),
+            },
+            port,
+            config_path,
+            log_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = agent.proc.child().try_wait()? {
+                bail!("agent exited with {status}: {}", agent.log());
+            }
+            if agent.get("/readyz").is_ok_and(|(code, _)| code == 200) {
+                return Ok(agent);
+            }
+            if Instant::now() > deadline {
+                bail!("agent not ready after 30 s: {}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A plain HTTP/1.0 GET on loopback.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((code, body))
+    }
+
+    pub fn metrics(&self) -> Result<Samples> {
+        let (code, body) = self.get("/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(Samples::parse(&body))
+    }
+
+    /// Waits until two consecutive scrapes, a few drains apart, agree on every netcost counter:
+    /// everything the kernel counted so far has been drained.
+    pub fn settled_metrics(&self, drain_interval: Duration) -> Result<Samples> {
+        let mut last = self.metrics()?;
+        for _ in 0..20 {
+            std::thread::sleep(drain_interval * 3);
+            let now = self.metrics()?;
+            if now.pod_series() == last.pod_series() {
+                return Ok(now);
+            }
+            last = now;
+        }
+        bail!("pod counters still moving after 20 tries")
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop(mut self) -> Result<String> {
+        let pid = self.proc.child().id().to_string();
+        crate::run(&["kill", "-TERM", &pid])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.proc.child().try_wait()? {
+                let log = self.log();
+                if !status.success() {
+                    bail!("agent exited with {status}: {log}");
+                }
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Parsed exposition: metric name → label set → value.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Samples {
+    pub series: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>,
+}
+
+impl Samples {
+    pub fn parse(text: &str) -> Samples {
+        let mut series: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (head, value) = match line.rsplit_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+                None => (head, BTreeMap::new()),
+            };
+            series
+                .entry(name.to_owned())
+                .or_default()
+                .push((labels, value));
+        }
+        Samples { series }
+    }
+
+    /// Value of the one series of `name` whose labels include all of `want`; `None` if absent.
+    pub fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        self.series.get(name)?.iter().find_map(|(labels, v)| {
+            want.iter()
+                .all(|(k, val)| labels.get(*k).map(String::as_str) == Some(*val))
+                .then_some(*v)
+        })
+    }
+
+    /// Sum over every series of `name` whose labels include all of `want`.
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.series.get(name).map_or(0.0, |s| {
+            s.iter()
+                .filter(|(labels, _)| {
+                    want.iter()
+                        .all(|(k, val)| labels.get(*k).map(String::as_str) == Some(*val))
+                })
+                .map(|(_, v)| v)
+                .sum()
+        })
+    }
+
+    fn pod_series(&self) -> Vec<(BTreeMap<String, String>, f64)> {
+        let mut v: Vec<_> = self
+            .series
+            .get("netcost_network_bytes_total")
+            .into_iter()
+            .flatten()
+            .filter(|(l, _)| l.get("owner").map(String::as_str) == Some("pod"))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let Some(end) = after.find('"') else { break };
+        out.insert(
+            key.trim_start_matches(',').trim().to_owned(),
+            after[..end].to_owned(),
+        );
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exposition_lines() {
+        let s = Samples::parse(
+            "# TYPE a counter\na_total{owner=\"pod\",pod_uid=\"u\",traffic_class=\"internet\"} 12\nb 3\n# EOF\n",
+        );
+        assert_eq!(s.value("a_total", &[("pod_uid", "u")]), Some(12.0));
+        assert_eq!(s.value("b", &[]), Some(3.0));
+        assert_eq!(s.value("a_total", &[("pod_uid", "v")]), None);
+        assert_eq!(s.sum("a_total", &[("owner", "pod")]), 12.0);
+    }
+}
