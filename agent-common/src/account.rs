@@ -5,14 +5,15 @@
 //! loses the remote address; failing that the per-direction `LOST` slot, which cannot fail. Every
 //! byte lands somewhere, and the second and third places are visible as metrics.
 
-use crate::{Counter, FlowKey, OverflowKey};
+use crate::{CacheEntry, Counter, FlowKey, OverflowKey};
 
 /// `-EEXIST`: another CPU inserted the same key between our lookup and our insert.
 pub const EEXIST: i64 = -17;
 
 /// A counting map as the per-packet logic sees it (a per-CPU hash in the kernel).
 pub trait CounterMap<K> {
-    /// Adds to an existing entry; false when the key is absent.
+    /// Adds to an existing entry; false when the key is absent. The kernel adds atomically: a
+    /// program interrupting another on the same CPU may add to the same entry.
     fn add_existing(&self, key: &K, bytes: u64, packets: u64) -> bool;
     /// Inserts a new entry only if absent; the kernel's error code otherwise.
     fn insert_new(&self, key: &K, value: &Counter) -> Result<(), i64>;
@@ -26,6 +27,8 @@ pub trait LostCounter {
 /// Where the bytes of one packet went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Landed {
+    /// Held in this CPU's write-combining slot.
+    Cache,
     Flow,
     Overflow,
     Lost,
@@ -70,6 +73,48 @@ where
     }
     lost.add(key.direction, bytes, packets);
     Landed::Lost
+}
+
+/// Counts through this CPU's write-combining slot: same key as the slot → add to it; otherwise
+/// flush the slot into the maps and take its place. A run nested inside another on the same CPU
+/// (slot busy) or without a slot goes straight to the maps.
+#[inline(always)]
+pub fn account_via_cache<F, O, L>(
+    slot: Option<&mut CacheEntry>,
+    flows: &F,
+    overflow: &O,
+    lost: &L,
+    key: &FlowKey,
+    bytes: u64,
+    packets: u64,
+) -> Landed
+where
+    F: CounterMap<FlowKey>,
+    O: CounterMap<OverflowKey>,
+    L: LostCounter,
+{
+    let Some(slot) = slot else {
+        return account(flows, overflow, lost, key, bytes, packets);
+    };
+    // SAFETY (both volatile accesses): `slot` is a valid, exclusive reference. Volatile keeps the
+    // flag's store before and after the slot's updates in program order, which is what a nested
+    // run on this CPU observes.
+    if unsafe { core::ptr::read_volatile(&slot.busy) } != 0 {
+        return account(flows, overflow, lost, key, bytes, packets);
+    }
+    unsafe { core::ptr::write_volatile(&mut slot.busy, 1) };
+    if slot.counter.packets != 0 && slot.key == *key {
+        slot.counter.add(bytes, packets);
+    } else {
+        if slot.counter.packets != 0 {
+            let old = slot.counter;
+            account(flows, overflow, lost, &slot.key, old.bytes, old.packets);
+        }
+        slot.key = *key;
+        slot.counter = Counter { bytes, packets };
+    }
+    unsafe { core::ptr::write_volatile(&mut slot.busy, 0) };
+    Landed::Cache
 }
 
 #[cfg(test)]
@@ -139,8 +184,7 @@ mod tests {
     }
 
     fn key(cgroup: u64, last_octet: u8, direction: u8) -> FlowKey {
-        let mut remote = [0; 16];
-        remote[..4].copy_from_slice(&[192, 0, 2, last_octet]);
+        let remote = [u32::from_ne_bytes([192, 0, 2, last_octet]), 0, 0, 0];
         FlowKey::new(cgroup, remote, FAMILY_IPV4, direction)
     }
 
@@ -185,6 +229,75 @@ mod tests {
                 .sum::<u64>()
             + lost.0.borrow().iter().map(|c| c.bytes).sum::<u64>();
         assert_eq!(stored, 100 + 50 + 10 + 7 + 3 + 5);
+    }
+
+    fn total(flows: &BoundedMap<FlowKey>, slot: &CacheEntry) -> u64 {
+        flows
+            .entries
+            .borrow()
+            .values()
+            .map(|c| c.bytes)
+            .sum::<u64>()
+            + slot.counter.bytes
+    }
+
+    #[test]
+    fn the_cache_combines_a_run_of_one_flow_and_flushes_on_a_new_key() {
+        let flows = BoundedMap::new(8);
+        let overflow = BoundedMap::new(1);
+        let lost = Lost::default();
+        let mut slot = CacheEntry::default();
+        let (a, b) = (key(1, 1, DIRECTION_EGRESS), key(1, 2, DIRECTION_EGRESS));
+        for _ in 0..10 {
+            account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &a, 100, 1);
+        }
+        assert!(
+            flows.entries.borrow().is_empty(),
+            "a run of one flow stays in the slot"
+        );
+        assert_eq!(
+            slot.counter,
+            Counter {
+                bytes: 1000,
+                packets: 10
+            }
+        );
+        account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &b, 7, 1);
+        assert_eq!(
+            flows.get(&a),
+            Some(Counter {
+                bytes: 1000,
+                packets: 10
+            })
+        );
+        assert_eq!((slot.key, slot.counter.bytes), (b, 7));
+        account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &a, 5, 1);
+        assert_eq!(flows.get(&b).unwrap().bytes, 7);
+        assert_eq!(total(&flows, &slot), 1012);
+        assert_eq!(slot.busy, 0);
+    }
+
+    #[test]
+    fn a_nested_run_leaves_a_busy_slot_alone() {
+        let flows = BoundedMap::new(8);
+        let overflow = BoundedMap::new(1);
+        let lost = Lost::default();
+        let a = key(1, 1, DIRECTION_EGRESS);
+        let mut slot = CacheEntry {
+            key: a,
+            counter: Counter {
+                bytes: 50,
+                packets: 1,
+            },
+            busy: 1,
+        };
+        let other = key(2, 9, DIRECTION_EGRESS);
+        account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &other, 30, 1);
+        assert_eq!(slot.counter.bytes, 50, "busy slot untouched");
+        assert_eq!(flows.get(&other).unwrap().bytes, 30);
+        // Without a slot (lookup failed) the maps take the bytes too.
+        account_via_cache(None, &flows, &overflow, &lost, &a, 3, 1);
+        assert_eq!(flows.get(&a).unwrap().bytes, 3);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod wire;
 
 /// Bump when any map layout or meaning below changes; user space refuses an object of another
 /// version and later pins live under a path that carries it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Which way a packet went, seen from the local socket.
 pub const DIRECTION_EGRESS: u8 = 0;
@@ -29,6 +29,7 @@ pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
 pub const MAP_OVERFLOW: [&str; 2] = ["OVERFLOW_0", "OVERFLOW_1"];
 pub const MAP_LOST: &str = "LOST";
 pub const MAP_CONTROL: &str = "CONTROL";
+pub const MAP_CACHE: &str = "CACHE";
 
 /// `CONTROL[CONTROL_ACTIVE]` holds the index (0 or 1) of the buffer the programs write to. The
 /// drain flips it, waits for an RCU grace period (every program that read the old index has then
@@ -40,18 +41,21 @@ pub const CONTROL_ENTRIES: u32 = 1;
 /// One counting key: the socket's cgroup (the workload identity), the remote address and the
 /// direction.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// cgroup v2 id of the socket that sent or received the packet (`bpf_skb_cgroup_id`).
     pub cgroup_id: u64,
-    /// Remote address: the 4 bytes of an IPv4 address followed by 12 zero bytes, or an IPv6
-    /// address, in network byte order.
-    pub remote: [u8; 16],
+    /// Remote address as the packet carries it (network byte order) in 32-bit words, so the
+    /// kernel program moves it with four loads and stores: an IPv4 address in word 0 and zeros
+    /// after it, or an IPv6 address.
+    pub remote: [u32; 4],
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
     /// `DIRECTION_EGRESS` or `DIRECTION_INGRESS`.
     pub direction: u8,
-    pub _pad: [u8; 6],
+    // Padding as whole fields, not byte arrays: the BPF backend zeroes arrays with a memset loop.
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// Per-identity fallback key used when a `FlowKey` cannot be inserted (flow map full or busy).
@@ -60,7 +64,9 @@ pub struct FlowKey {
 pub struct OverflowKey {
     pub cgroup_id: u64,
     pub direction: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    pub _pad1: u16,
+    pub _pad2: u32,
 }
 
 /// Wire bytes and wire packets (segments), added in place.
@@ -79,20 +85,51 @@ impl Counter {
     }
 }
 
+/// `CACHE` is a per-CPU array of write-combining slots, one per (buffer, direction): consecutive
+/// packets of one flow on a CPU add to the slot, and only a different key flushes it into the flow
+/// map — one array lookup instead of a hash lookup for bulk traffic. The drain reads and clears
+/// the idle buffer's slots together with its maps.
+pub const CACHE_ENTRIES: u32 = 4;
+
+pub const fn cache_index(buffer: u32, direction: u8) -> u32 {
+    buffer * 2 + direction as u32
+}
+
+/// One write-combining slot. Valid when `counter.packets > 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub key: FlowKey,
+    pub counter: Counter,
+    /// Set while a program on this CPU updates the slot: a program that interrupts it on the same
+    /// CPU (a softirq sending or receiving) leaves the slot alone and goes to the maps directly.
+    pub busy: u64,
+}
+
 /// `LOST` is a per-CPU array indexed by direction: bytes that could be stored neither under their
 /// flow nor under their identity's overflow entry. An array slot always exists, so this last
 /// resort cannot fail; it is never reset, user space reads it as a monotonic total.
 pub const LOST_ENTRIES: u32 = 2;
 
 impl FlowKey {
-    pub const fn new(cgroup_id: u64, remote: [u8; 16], family: u8, direction: u8) -> Self {
+    pub const fn new(cgroup_id: u64, remote: [u32; 4], family: u8, direction: u8) -> Self {
         FlowKey {
             cgroup_id,
             remote,
             family,
             direction,
-            _pad: [0; 6],
+            _pad: 0,
+            _pad2: 0,
         }
+    }
+
+    /// The remote address as the 16 bytes it has on the wire (IPv4: the first 4).
+    pub fn remote_octets(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, word) in self.remote.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        out
     }
 }
 
@@ -101,7 +138,9 @@ impl OverflowKey {
         OverflowKey {
             cgroup_id,
             direction,
-            _pad: [0; 7],
+            _pad: 0,
+            _pad1: 0,
+            _pad2: 0,
         }
     }
 }
@@ -112,6 +151,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::OverflowKey {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::CacheEntry {}
 }
 
 #[cfg(test)]
@@ -124,9 +164,10 @@ mod tests {
 
     #[test]
     fn abi_layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<FlowKey>(), 8 + 16 + 1 + 1 + 6);
+        assert_eq!(size_of::<FlowKey>(), 8 + 16 + 1 + 1 + 2 + 4);
         assert_eq!(align_of::<FlowKey>(), 8);
         assert_eq!(size_of::<OverflowKey>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<CacheEntry>(), 32 + 16 + 8);
     }
 }

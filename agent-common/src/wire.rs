@@ -5,6 +5,9 @@
 //! wire, each with its own IP and transport headers: `len + (segs - 1) × header_len` bytes. Counting
 //! that, rather than `len`, is what keeps the figures the same with offloads on or off and equal to
 //! what AWS bills (IP bytes per packet).
+//!
+//! Headers are read as 32-bit words in memory order (network byte order within each word): the
+//! kernel program then moves addresses with word loads and stores instead of byte loops.
 
 use crate::{FAMILY_IPV4, FAMILY_IPV6};
 
@@ -21,20 +24,28 @@ pub trait Packet {
     /// `skb->protocol` in host byte order (an `ETH_P_*` value).
     fn protocol(&self) -> u16;
     /// L3 length, including every segment's payload of a super-packet.
-    fn len(&self) -> u32;
+    fn l3_len(&self) -> u32;
     fn gso_segs(&self) -> u32;
     fn gso_size(&self) -> u32;
-    /// Copies `N` bytes from `offset` (relative to the IP header); `None` when out of bounds.
-    fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
+    /// Copies `4 × N` bytes from `offset` (relative to the IP header) as `N` words in memory
+    /// order; `None` when out of bounds.
+    fn load_words<const N: usize>(&self, offset: u32) -> Option<[u32; N]>;
 }
 
 /// The remote end and the wire size of one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Measured {
     pub family: u8,
-    pub remote: [u8; 16],
+    /// As in `FlowKey::remote`.
+    pub remote: [u32; 4],
     pub bytes: u64,
     pub packets: u64,
+}
+
+/// Byte `i` (0 = lowest address) of a word read in memory order.
+#[inline(always)]
+fn byte(word: u32, i: usize) -> u8 {
+    word.to_ne_bytes()[i]
 }
 
 /// Wire bytes and packets of a (possibly super-) packet of `len` L3 bytes whose per-segment headers
@@ -69,9 +80,9 @@ fn needs_header_len(gso_segs: u32, gso_size: u32) -> bool {
 #[inline(always)]
 fn transport_header_len<P: Packet>(packet: &P, proto: u8, offset: u32) -> u32 {
     match proto {
-        IPPROTO_TCP => match packet.load::<1>(offset + 12) {
-            // Data offset: the high nibble counts 32-bit words.
-            Some([doff]) => ((doff >> 4) as u32) * 4,
+        // TCP data offset: the high nibble of byte 12 counts 32-bit words.
+        IPPROTO_TCP => match packet.load_words::<1>(offset + 12) {
+            Some([w]) => ((byte(w, 0) >> 4) as u32) * 4,
             None => 20,
         },
         IPPROTO_UDP => UDP_HEADER_LEN,
@@ -84,35 +95,36 @@ fn transport_header_len<P: Packet>(packet: &P, proto: u8, offset: u32) -> u32 {
 /// packet is not ours to count: nothing on an AWS bill is non-IP).
 #[inline(always)]
 pub fn measure<P: Packet>(packet: &P, egress: bool) -> Option<Measured> {
-    let len = packet.len();
+    let len = packet.l3_len();
     let gso_segs = packet.gso_segs();
     let gso_size = packet.gso_size();
-    let mut remote = [0u8; 16];
-    let (family, header_len) = match packet.protocol() {
+    let segmented = needs_header_len(gso_segs, gso_size);
+    let (family, remote, header_len) = match packet.protocol() {
         ETH_P_IP => {
-            let ip: [u8; 20] = packet.load(0)?;
-            let at = if egress { 16 } else { 12 };
-            remote[..4].copy_from_slice(&ip[at..at + 4]);
-            let ip_len = ((ip[0] & 0x0f) as u32) * 4;
-            let header_len = if needs_header_len(gso_segs, gso_size) {
-                ip_len + transport_header_len(packet, ip[9], ip_len)
+            let ip: [u32; 5] = packet.load_words(0)?;
+            // Words 3 and 4: source and destination.
+            let remote = [if egress { ip[4] } else { ip[3] }, 0, 0, 0];
+            let header_len = if segmented {
+                let ip_len = ((byte(ip[0], 0) & 0x0f) as u32) * 4;
+                ip_len + transport_header_len(packet, byte(ip[2], 1), ip_len)
             } else {
                 0
             };
-            (FAMILY_IPV4, header_len)
+            (FAMILY_IPV4, remote, header_len)
         }
         ETH_P_IPV6 => {
-            let ip: [u8; 40] = packet.load(0)?;
-            let at = if egress { 24 } else { 8 };
-            remote.copy_from_slice(&ip[at..at + 16]);
+            let ip: [u32; 10] = packet.load_words(0)?;
+            // Words 2..6 source, 6..10 destination.
+            let at = if egress { 6 } else { 2 };
+            let remote = [ip[at], ip[at + 1], ip[at + 2], ip[at + 3]];
             // Extension headers are not walked: the kernel only segments TCP and UDP, which follow
             // the fixed header directly in every stack we know of.
-            let header_len = if needs_header_len(gso_segs, gso_size) {
-                IPV6_HEADER_LEN + transport_header_len(packet, ip[6], IPV6_HEADER_LEN)
+            let header_len = if segmented {
+                IPV6_HEADER_LEN + transport_header_len(packet, byte(ip[1], 2), IPV6_HEADER_LEN)
             } else {
                 0
             };
-            (FAMILY_IPV6, header_len)
+            (FAMILY_IPV6, remote, header_len)
         }
         _ => return None,
     };
@@ -128,6 +140,7 @@ pub fn measure<P: Packet>(packet: &P, egress: bool) -> Option<Measured> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FlowKey;
     use std::vec::Vec;
 
     struct FakeSkb {
@@ -142,7 +155,7 @@ mod tests {
         fn protocol(&self) -> u16 {
             self.protocol
         }
-        fn len(&self) -> u32 {
+        fn l3_len(&self) -> u32 {
             self.len
         }
         fn gso_segs(&self) -> u32 {
@@ -151,10 +164,19 @@ mod tests {
         fn gso_size(&self) -> u32 {
             self.gso_size
         }
-        fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+        fn load_words<const N: usize>(&self, offset: u32) -> Option<[u32; N]> {
             let start = offset as usize;
-            self.data.get(start..start + N)?.try_into().ok()
+            let bytes = self.data.get(start..start + 4 * N)?;
+            let mut out = [0u32; N];
+            for (i, w) in out.iter_mut().enumerate() {
+                *w = u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().ok()?);
+            }
+            Some(out)
         }
+    }
+
+    fn octets(m: &Measured) -> [u8; 16] {
+        FlowKey::new(0, m.remote, m.family, 0).remote_octets()
     }
 
     fn ipv4_tcp(src: [u8; 4], dst: [u8; 4], tcp_options: usize, payload: usize) -> Vec<u8> {
@@ -220,14 +242,14 @@ mod tests {
         };
         let out = measure(&skb, true).unwrap();
         assert_eq!(out.family, FAMILY_IPV4);
-        assert_eq!(&out.remote[..4], &[203, 0, 113, 7]);
-        assert_eq!(&out.remote[4..], &[0; 12]);
+        assert_eq!(&octets(&out)[..4], &[203, 0, 113, 7]);
+        assert_eq!(&octets(&out)[4..], &[0; 12]);
         assert_eq!(
             (out.bytes, out.packets),
             segmented_wire_bytes(52, 10 * 1448, 1448)
         );
         let back = measure(&skb, false).unwrap();
-        assert_eq!(&back.remote[..4], &[10, 0, 0, 1]);
+        assert_eq!(&octets(&back)[..4], &[10, 0, 0, 1]);
     }
 
     #[test]
@@ -236,7 +258,8 @@ mod tests {
         data[0] = 0x60;
         data[6] = IPPROTO_UDP;
         data[8..24].copy_from_slice(&[0xfd; 16]);
-        data[24..40].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        data[24..40].copy_from_slice(&dst);
         let skb = FakeSkb {
             protocol: ETH_P_IPV6,
             len: data.len() as u32,
@@ -246,7 +269,8 @@ mod tests {
         };
         let out = measure(&skb, true).unwrap();
         assert_eq!(out.family, FAMILY_IPV6);
-        assert_eq!(out.remote[0..2], [0x20, 0x01]);
+        assert_eq!(octets(&out), dst);
+        assert_eq!(octets(&measure(&skb, false).unwrap()), [0xfd; 16]);
         assert_eq!(
             (out.bytes, out.packets),
             segmented_wire_bytes(48, 4800, 1200)

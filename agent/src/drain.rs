@@ -18,6 +18,8 @@ pub trait CountingBuffers {
     /// that could not be read are left in place, so a later drain picks them up.
     fn take_flows(&mut self, index: u32) -> Result<Vec<(FlowKey, Counter)>, Self::Error>;
     fn take_overflow(&mut self, index: u32) -> Result<Vec<(OverflowKey, Counter)>, Self::Error>;
+    /// Reads and clears buffer `index`'s write-combining slots on every CPU; returns the valid ones.
+    fn take_cached(&mut self, index: u32) -> Result<Vec<(FlowKey, Counter)>, Self::Error>;
     /// The `LOST` slots (per direction, summed over CPUs): monotonic, never reset.
     fn lost(&mut self) -> Result<[Counter; 2], Self::Error>;
 }
@@ -33,6 +35,7 @@ pub fn sum_per_cpu(values: &[Counter]) -> Counter {
 /// What one drain brought out.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// Flow entries and write-combining slots; a key may appear more than once.
     pub flows: Vec<(FlowKey, Counter)>,
     pub overflow: Vec<(OverflowKey, Counter)>,
     /// Increase of the `LOST` slots since the previous drain, per direction.
@@ -65,7 +68,8 @@ impl<B: CountingBuffers> Drainer<B> {
         self.buffers.set_active(next)?;
         self.active = next;
         self.buffers.wait_for_writers()?;
-        let flows = self.buffers.take_flows(idle)?;
+        let mut flows = self.buffers.take_flows(idle)?;
+        flows.extend(self.buffers.take_cached(idle)?);
         let overflow = self.buffers.take_overflow(idle)?;
         let lost_now = self.buffers.lost()?;
         let mut lost = [Counter::default(); 2];
@@ -101,6 +105,7 @@ mod tests {
         active: u32,
         writer_sees: u32,
         flows: [BTreeMap<FlowKey, Counter>; 2],
+        cached: [Option<(FlowKey, Counter)>; 2],
         overflow: [BTreeMap<OverflowKey, Counter>; 2],
         lost: [Counter; 2],
         written: u64,
@@ -109,8 +114,7 @@ mod tests {
 
     impl Mock {
         fn packet(&mut self, remote: u8, bytes: u64) {
-            let mut addr = [0; 16];
-            addr[..4].copy_from_slice(&[192, 0, 2, remote]);
+            let addr = [u32::from_ne_bytes([192, 0, 2, remote]), 0, 0, 0];
             let key = FlowKey::new(7, addr, FAMILY_IPV4, DIRECTION_EGRESS);
             self.flows[self.writer_sees as usize]
                 .entry(key)
@@ -147,6 +151,10 @@ mod tests {
                 .into_iter()
                 .collect())
         }
+        fn take_cached(&mut self, index: u32) -> Result<Vec<(FlowKey, Counter)>, MockError> {
+            assert_ne!(index, self.writer_sees, "drained the slot being written");
+            Ok(self.cached[index as usize].take().into_iter().collect())
+        }
         fn lost(&mut self) -> Result<[Counter; 2], MockError> {
             Ok(self.lost)
         }
@@ -171,12 +179,28 @@ mod tests {
     }
 
     #[test]
+    fn cached_slots_of_the_idle_buffer_are_drained_with_it() {
+        let mut d = Drainer::new(Mock::default(), 0);
+        let key = FlowKey::new(3, [1, 0, 0, 0], FAMILY_IPV4, DIRECTION_EGRESS);
+        d.buffers.cached[0] = Some((
+            key,
+            Counter {
+                bytes: 900,
+                packets: 3,
+            },
+        ));
+        d.buffers.packet(5, 100);
+        let batch = d.drain().unwrap();
+        assert_eq!(total(&batch), 900 + 100 + 1);
+        assert!(d.buffers.cached[0].is_none());
+    }
+
+    #[test]
     fn an_entry_that_cannot_be_read_is_kept_for_a_later_drain() {
         let mut d = Drainer::new(Mock::default(), 0);
         d.buffers.packet(1, 500);
         d.buffers.packet(2, 70);
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&[192, 0, 2, 2]);
+        let addr = [u32::from_ne_bytes([192, 0, 2, 2]), 0, 0, 0];
         d.buffers.fail_read_of = Some(FlowKey::new(7, addr, FAMILY_IPV4, DIRECTION_EGRESS));
         let first = total(&d.drain().unwrap());
         d.buffers.fail_read_of = None;

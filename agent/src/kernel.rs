@@ -3,10 +3,11 @@
 use std::{fs::File, path::Path, time::Duration};
 
 use agent_common::{
-    Counter, FlowKey, OverflowKey, CONTROL_ACTIVE, MAP_CONTROL, MAP_FLOWS, MAP_LOST, MAP_OVERFLOW,
+    cache_index, CacheEntry, Counter, FlowKey, OverflowKey, CONTROL_ACTIVE, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, MAP_CACHE, MAP_CONTROL, MAP_FLOWS, MAP_LOST, MAP_OVERFLOW,
 };
 use aya::{
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Ebpf, EbpfLoader,
 };
@@ -39,7 +40,7 @@ pub enum KernelError {
 }
 
 /// The compiled kernel programs (built by aya-build from `agent-ebpf`).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcost"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netcost"));
 
 pub const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
     ("netcost_egress", CgroupSkbAttachType::Egress),
@@ -58,6 +59,7 @@ pub struct KernelMaps {
     flows: [PerCpuHashMap<MapData, FlowKey, Counter>; 2],
     overflow: [PerCpuHashMap<MapData, OverflowKey, Counter>; 2],
     lost: PerCpuArray<MapData, Counter>,
+    cache: PerCpuArray<MapData, CacheEntry>,
     pub flow_capacity: u32,
     pub overflow_capacity: u32,
     /// Entries found in the last drain (≈ peak occupancy of one interval).
@@ -100,6 +102,7 @@ pub fn load_and_attach(
             map(&mut ebpf, MAP_OVERFLOW[1])?,
         ],
         lost: map(&mut ebpf, MAP_LOST)?,
+        cache: map(&mut ebpf, MAP_CACHE)?,
         flow_capacity: flow_entries,
         overflow_capacity: overflow_entries,
         last_flow_entries: 0,
@@ -185,6 +188,30 @@ impl CountingBuffers for KernelMaps {
             &mut self.last_entry_errors,
         );
         self.last_overflow_entries = out.len();
+        Ok(out)
+    }
+
+    fn take_cached(&mut self, index: u32) -> Result<Vec<(FlowKey, Counter)>, KernelError> {
+        let err = |source| KernelError::Map {
+            name: MAP_CACHE,
+            source,
+        };
+        let mut out = Vec::new();
+        for direction in [DIRECTION_EGRESS, DIRECTION_INGRESS] {
+            let slot = cache_index(index, direction);
+            let per_cpu = self.cache.get(&slot, 0).map_err(err)?;
+            let valid: Vec<_> = per_cpu
+                .iter()
+                .filter(|e| e.counter.packets > 0)
+                .map(|e| (e.key, e.counter))
+                .collect();
+            // Nothing writes the idle buffer's slots now; clear them for its next turn. Only
+            // report them once the clear succeeded, or the next drain would count them again.
+            let zeros = PerCpuValues::try_from(vec![CacheEntry::default(); per_cpu.len()])
+                .map_err(|e| err(MapError::from(e)))?;
+            self.cache.set(slot, zeros, 0).map_err(err)?;
+            out.extend(valid);
+        }
         Ok(out)
     }
 

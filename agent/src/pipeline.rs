@@ -20,11 +20,12 @@ use crate::{
 const CGROUP_REFRESH: Duration = Duration::from_secs(10);
 
 pub fn remote_addr(key: &FlowKey) -> IpAddr {
+    let octets = key.remote_octets();
     if key.family == FAMILY_IPV4 {
-        let [a, b, c, d, ..] = key.remote;
+        let [a, b, c, d, ..] = octets;
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
     } else {
-        IpAddr::V6(Ipv6Addr::from(key.remote))
+        IpAddr::V6(Ipv6Addr::from(octets))
     }
 }
 
@@ -151,12 +152,15 @@ mod tests {
 
     #[test]
     fn remote_addresses_round_trip() {
-        let mut v4 = [0u8; 16];
-        v4[..4].copy_from_slice(&[203, 0, 113, 5]);
+        let v4 = [u32::from_ne_bytes([203, 0, 113, 5]), 0, 0, 0];
         let k = FlowKey::new(1, v4, FAMILY_IPV4, 0);
         assert_eq!(remote_addr(&k), "203.0.113.5".parse::<IpAddr>().unwrap());
         let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
-        let k = FlowKey::new(1, v6.octets(), FAMILY_IPV6, 1);
+        let o = v6.octets();
+        let words = std::array::from_fn(|i| {
+            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        });
+        let k = FlowKey::new(1, words, FAMILY_IPV6, 1);
         assert_eq!(remote_addr(&k), IpAddr::V6(v6));
     }
 }

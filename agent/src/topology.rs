@@ -166,7 +166,7 @@ impl StaticTopology {
         mut entries: Vec<(Cidr, ZoneEntry)>,
     ) -> StaticTopology {
         vpc.extend(PRIVATE.iter().filter_map(|c| c.parse::<Cidr>().ok()));
-        entries.sort_by(|a, b| b.0.bits.cmp(&a.0.bits));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0.bits));
         StaticTopology {
             region,
             zone,

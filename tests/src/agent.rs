@@ -160,10 +160,12 @@ impl Drop for Agent {
     }
 }
 
-/// Parsed exposition: metric name → label set → value.
+pub type Labels = BTreeMap<String, String>;
+
+/// Parsed exposition: metric name → (label set, value) pairs.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Samples {
-    pub series: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>,
+    pub series: BTreeMap<String, Vec<(Labels, f64)>>,
 }
 
 impl Samples {
@@ -214,7 +216,7 @@ impl Samples {
         })
     }
 
-    fn pod_series(&self) -> Vec<(BTreeMap<String, String>, f64)> {
+    fn pod_series(&self) -> Vec<(Labels, f64)> {
         let mut v: Vec<_> = self
             .series
             .get("netcost_network_bytes_total")
@@ -228,7 +230,7 @@ impl Samples {
     }
 }
 
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
+fn parse_labels(text: &str) -> Labels {
     let mut out = BTreeMap::new();
     let mut rest = text;
     while let Some((key, after)) = rest.split_once("=\"") {
