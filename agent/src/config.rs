@@ -5,12 +5,23 @@
 //! drain_interval_seconds: 5
 //! cgroup_root: auto            # or a path; auto reads /proc/mounts
 //! maps: { flow_entries: 65536, overflow_entries: 4096 }
-//! topology:
+//! series_grace_seconds: 300    # a deleted pod's series stay this long with their final values
+//! kubernetes:
+//!   enabled: auto              # auto: on when running in a cluster or api_server is set
+//!   api_server: "https://…"    # default: in-cluster service account, else kubeconfig
+//!   node_name: ip-10-0-1-5     # default: $NODE_NAME (downward API)
+//!   watch_nodes: true          # place other nodes' IPs and pod CIDRs by their zone labels
+//!   hold_unknown_seconds: 600  # bytes of a pod not yet in the API are held this long
+//! imds:                        # EC2 instance metadata (IMDSv2) for our own zone and region
+//!   enabled: false
+//!   endpoint: "http://169.254.169.254"
+//! topology:                    # our place: config, else our Node's labels, else IMDS
 //!   region: us-east-1
 //!   zone: us-east-1a
+//!   zone_id: use1-az1
 //!   vpc_cidrs: ["10.0.0.0/16"]
-//!   zones:
-//!     - { name: us-east-1b, region: us-east-1, cidrs: ["10.0.16.0/20"] }
+//!   zones:                     # subnets are single-zone: list them with their zone
+//!     - { name: us-east-1b, zone_id: use1-az2, region: us-east-1, cidrs: ["10.0.16.0/20"] }
 //!   regions:
 //!     - { name: eu-west-1, cidrs: ["10.1.0.0/16"] }
 //! ```
@@ -19,7 +30,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::topology::{Cidr, StaticTopology, ZoneEntry};
+use crate::topology::{Cidr, Place, StaticTopology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,7 +63,40 @@ struct RawConfig {
     cgroup_root: Option<String>,
     #[serde(default)]
     maps: Option<RawMaps>,
-    topology: RawTopology,
+    #[serde(default)]
+    series_grace_seconds: Option<f64>,
+    #[serde(default)]
+    kubernetes: Option<RawKubernetes>,
+    #[serde(default)]
+    imds: Option<RawImds>,
+    #[serde(default)]
+    topology: Option<RawTopology>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    enabled: Option<BoolOrText>,
+    api_server: Option<String>,
+    node_name: Option<String>,
+    watch_nodes: Option<bool>,
+    hold_unknown_seconds: Option<f64>,
+}
+
+/// `true`, `false` or `auto`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BoolOrText {
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImds {
+    enabled: Option<bool>,
+    endpoint: Option<String>,
+    timeout_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,11 +106,12 @@ struct RawMaps {
     overflow_entries: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTopology {
-    region: String,
-    zone: String,
+    region: Option<String>,
+    zone: Option<String>,
+    zone_id: Option<String>,
     #[serde(default)]
     vpc_cidrs: Vec<String>,
     #[serde(default)]
@@ -79,6 +124,7 @@ struct RawTopology {
 #[serde(deny_unknown_fields)]
 struct RawZone {
     name: String,
+    zone_id: Option<String>,
     region: String,
     cidrs: Vec<String>,
 }
@@ -98,6 +144,42 @@ pub enum CgroupRoot {
     Path(PathBuf),
 }
 
+/// Whether to read pods and nodes from the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubernetesMode {
+    /// On when the agent runs in a cluster (`KUBERNETES_SERVICE_HOST`) or `api_server` is set.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    pub mode: KubernetesMode,
+    pub api_server: Option<String>,
+    pub node_name: Option<String>,
+    pub watch_nodes: bool,
+    pub hold_unknown: Duration,
+}
+
+impl KubernetesConfig {
+    /// Resolves `auto` against the environment.
+    pub fn enabled(&self, in_cluster: bool) -> bool {
+        match self.mode {
+            KubernetesMode::On => true,
+            KubernetesMode::Off => false,
+            KubernetesMode::Auto => in_cluster || self.api_server.is_some(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImdsConfig {
+    pub enabled: bool,
+    pub endpoint: String,
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -105,6 +187,11 @@ pub struct Config {
     pub cgroup_root: CgroupRoot,
     pub flow_entries: u32,
     pub overflow_entries: u32,
+    pub series_grace: Duration,
+    pub kubernetes: KubernetesConfig,
+    pub imds: ImdsConfig,
+    /// Our own place and the configured prefixes; the own place may be partly unknown when the
+    /// Node object or IMDS supply it.
     pub topology: StaticTopology,
 }
 
@@ -170,15 +257,116 @@ impl Config {
                 ));
             }
         }
+        let series_grace = seconds(
+            "series_grace_seconds",
+            raw.series_grace_seconds.unwrap_or(300.0),
+            0.0..=86_400.0,
+        )?;
+        let kubernetes = kubernetes(raw.kubernetes.unwrap_or_default())?;
+        let imds = imds(raw.imds.unwrap_or_default())?;
+        let topology = topology(raw.topology.unwrap_or_default())?;
+        if kubernetes.mode == KubernetesMode::Off && !imds.enabled && !topology.own().is_placed() {
+            return Err(field_error(
+                "topology.zone",
+                "required (with topology.region) when kubernetes and imds are both off: nothing else can tell this node's zone",
+            ));
+        }
         Ok(Config {
             listen,
             drain_interval: Duration::from_secs_f64(interval),
             cgroup_root,
             flow_entries,
             overflow_entries,
-            topology: topology(raw.topology)?,
+            series_grace,
+            kubernetes,
+            imds,
+            topology,
         })
     }
+}
+
+fn seconds(
+    field: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Duration, ConfigError> {
+    if !range.contains(&value) {
+        return Err(field_error(
+            field,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn kubernetes(raw: RawKubernetes) -> Result<KubernetesConfig, ConfigError> {
+    let mode = match raw.enabled {
+        None => KubernetesMode::Auto,
+        Some(BoolOrText::Bool(true)) => KubernetesMode::On,
+        Some(BoolOrText::Bool(false)) => KubernetesMode::Off,
+        Some(BoolOrText::Text(t)) if t == "auto" => KubernetesMode::Auto,
+        Some(BoolOrText::Text(other)) => {
+            return Err(field_error(
+                "kubernetes.enabled",
+                format!("{other:?} is not one of auto, true, false"),
+            ))
+        }
+    };
+    let api_server = match raw.api_server {
+        Some(url) => {
+            let url = non_empty("kubernetes.api_server", &url)?;
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<hyper::Uri>().is_err()
+            {
+                return Err(field_error(
+                    "kubernetes.api_server",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+            Some(url)
+        }
+        None => None,
+    };
+    let node_name = raw
+        .node_name
+        .map(|n| non_empty("kubernetes.node_name", &n))
+        .transpose()?;
+    Ok(KubernetesConfig {
+        mode,
+        api_server,
+        node_name,
+        watch_nodes: raw.watch_nodes.unwrap_or(true),
+        hold_unknown: seconds(
+            "kubernetes.hold_unknown_seconds",
+            raw.hold_unknown_seconds.unwrap_or(600.0),
+            0.0..=86_400.0,
+        )?,
+    })
+}
+
+fn imds(raw: RawImds) -> Result<ImdsConfig, ConfigError> {
+    let endpoint = raw
+        .endpoint
+        .unwrap_or_else(|| "http://169.254.169.254".to_owned());
+    if !endpoint.starts_with("http://") || endpoint.parse::<hyper::Uri>().is_err() {
+        return Err(field_error(
+            "imds.endpoint",
+            format!("{endpoint:?} is not an http:// URL"),
+        ));
+    }
+    Ok(ImdsConfig {
+        enabled: raw.enabled.unwrap_or(false),
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        timeout: seconds(
+            "imds.timeout_seconds",
+            raw.timeout_seconds.unwrap_or(2.0),
+            0.1..=60.0,
+        )?,
+    })
+}
+
+fn optional(field: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    value.map(|v| non_empty(field, &v)).transpose()
 }
 
 fn non_empty(field: &str, value: &str) -> Result<String, ConfigError> {
@@ -200,36 +388,39 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
 }
 
 fn topology(raw: RawTopology) -> Result<StaticTopology, ConfigError> {
-    let region = non_empty("topology.region", &raw.region)?;
-    let zone = non_empty("topology.zone", &raw.zone)?;
+    let own = Place {
+        zone: optional("topology.zone", raw.zone)?,
+        zone_id: optional("topology.zone_id", raw.zone_id)?,
+        region: optional("topology.region", raw.region)?,
+    };
+    if own.region.is_none() && (own.zone.is_some() || own.zone_id.is_some()) {
+        return Err(field_error(
+            "topology.region",
+            "required when topology.zone or topology.zone_id is set",
+        ));
+    }
     let vpc = cidrs("topology.vpc_cidrs", &raw.vpc_cidrs)?;
     let mut entries = Vec::new();
     for (i, z) in raw.zones.iter().enumerate() {
-        let name = non_empty(&format!("topology.zones[{i}].name"), &z.name)?;
-        let zregion = non_empty(&format!("topology.zones[{i}].region"), &z.region)?;
+        let place = Place {
+            zone: Some(non_empty(&format!("topology.zones[{i}].name"), &z.name)?),
+            zone_id: optional(&format!("topology.zones[{i}].zone_id"), z.zone_id.clone())?,
+            region: Some(non_empty(
+                &format!("topology.zones[{i}].region"),
+                &z.region,
+            )?),
+        };
         for cidr in cidrs(&format!("topology.zones[{i}].cidrs"), &z.cidrs)? {
-            entries.push((
-                cidr,
-                ZoneEntry {
-                    zone: Some(name.clone()),
-                    region: zregion.clone(),
-                },
-            ));
+            entries.push((cidr, place.clone()));
         }
     }
     for (i, r) in raw.regions.iter().enumerate() {
-        let name = non_empty(&format!("topology.regions[{i}].name"), &r.name)?;
+        let place = Place::region(&non_empty(&format!("topology.regions[{i}].name"), &r.name)?);
         for cidr in cidrs(&format!("topology.regions[{i}].cidrs"), &r.cidrs)? {
-            entries.push((
-                cidr,
-                ZoneEntry {
-                    zone: None,
-                    region: name.clone(),
-                },
-            ));
+            entries.push((cidr, place.clone()));
         }
     }
-    Ok(StaticTopology::new(region, zone, vpc, entries))
+    Ok(StaticTopology::new(own, vpc, entries))
 }
 
 #[cfg(test)]
@@ -275,8 +466,20 @@ topology:
         assert!(e.contains("topology.zone"), "{e}");
         let e = error_of(&GOOD.replace("listen:", "listne:"));
         assert!(e.contains("listne"), "{e}");
-        let e = error_of("topology: {region: r}\n");
-        assert!(e.contains("zone"), "{e}");
+        let e = error_of("topology: {region: r}\nkubernetes: {enabled: false}\n");
+        assert!(e.contains("topology.zone"), "{e}");
+        let e = error_of("topology: {zone: z}\n");
+        assert!(e.contains("topology.region"), "{e}");
+        let e = error_of(&format!("{GOOD}kubernetes: {{ enabled: maybe }}\n"));
+        assert!(e.contains("kubernetes.enabled"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}kubernetes: {{ api_server: \"localhost:80\" }}\n"
+        ));
+        assert!(e.contains("kubernetes.api_server"), "{e}");
+        let e = error_of(&format!("{GOOD}series_grace_seconds: -1\n"));
+        assert!(e.contains("series_grace_seconds"), "{e}");
+        let e = error_of(&format!("{GOOD}imds: {{ endpoint: \"https://x\" }}\n"));
+        assert!(e.contains("imds.endpoint"), "{e}");
         let e = error_of(&format!("{GOOD}maps: {{ flow_entries: 1 }}\n"));
         assert!(e.contains("maps.flow_entries"), "{e}");
     }

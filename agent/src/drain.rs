@@ -62,6 +62,11 @@ impl<B: CountingBuffers> Drainer<B> {
         &self.buffers
     }
 
+    #[cfg(test)]
+    pub fn buffers_mut(&mut self) -> &mut B {
+        &mut self.buffers
+    }
+
     pub fn drain(&mut self) -> Result<Batch, B::Error> {
         let idle = self.active;
         let next = 1 - idle;

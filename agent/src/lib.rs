@@ -8,6 +8,9 @@
 pub mod config;
 pub mod drain;
 pub mod identity;
+pub mod imds;
+pub mod inventory;
+pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod pipeline;

@@ -6,12 +6,12 @@
 use std::fmt::Write as _;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::{EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
-use crate::{identity::Identity, topology::TrafficClass};
+use crate::topology::TrafficClass;
 
 impl EncodeLabelValue for TrafficClass {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -68,25 +68,72 @@ impl EncodeLabelValue for Owner {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+/// Who a pod is, as its series say it: fixed for the pod's life (namespace, name and UID are
+/// immutable; the workload is resolved once, before the first series is created).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub workload_kind: String,
+    pub workload: String,
+}
+
+impl PodLabels {
+    /// A pod known only by the UID in its cgroup path (no Kubernetes API, or the API never
+    /// told us about it).
+    pub fn uid_only(uid: &str) -> PodLabels {
+        PodLabels {
+            pod_uid: uid.to_owned(),
+            ..PodLabels::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TrafficLabels {
     pub owner: Owner,
     /// Empty unless `owner="pod"`.
-    pub pod_uid: String,
+    pub pod: PodLabels,
     pub traffic_class: TrafficClass,
     pub direction: Direction,
 }
 
+/// Labels with an empty value are left out (Prometheus treats an empty label as absent, and
+/// node-owned series have no pod labels).
+impl EncodeLabelSet for TrafficLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("owner", self.owner).encode(encoder.encode_label())?;
+        for (key, value) in [
+            ("namespace", &self.pod.namespace),
+            ("pod", &self.pod.pod),
+            ("workload_kind", &self.pod.workload_kind),
+            ("workload", &self.pod.workload),
+            ("pod_uid", &self.pod.pod_uid),
+        ] {
+            if !value.is_empty() {
+                (key, value.as_str()).encode(encoder.encode_label())?;
+            }
+        }
+        ("traffic_class", self.traffic_class).encode(encoder.encode_label())?;
+        ("direction", self.direction).encode(encoder.encode_label())
+    }
+}
+
 impl TrafficLabels {
-    pub fn new(identity: &Identity, traffic_class: TrafficClass, direction: Direction) -> Self {
-        let (owner, pod_uid) = match identity {
-            Identity::Pod { uid, .. } => (Owner::Pod, uid.clone()),
-            Identity::Node => (Owner::Node, String::new()),
-            Identity::Unknown => (Owner::Unknown, String::new()),
-        };
+    pub fn node(owner: Owner, traffic_class: TrafficClass, direction: Direction) -> Self {
         TrafficLabels {
             owner,
-            pod_uid,
+            pod: PodLabels::default(),
+            traffic_class,
+            direction,
+        }
+    }
+
+    pub fn pod(pod: &PodLabels, traffic_class: TrafficClass, direction: Direction) -> Self {
+        TrafficLabels {
+            owner: Owner::Pod,
+            pod: pod.clone(),
             traffic_class,
             direction,
         }
@@ -123,6 +170,17 @@ pub struct Metrics {
     pub drain_errors: Counter,
     pub programs_attached: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
+    pub held_bytes: Gauge,
+    pub hold_expired_bytes: Counter,
+    pub kubernetes_synced: Family<ResourceLabels, Gauge>,
+    pub kubernetes_objects: Family<ResourceLabels, Gauge>,
+    pub kubernetes_watch_errors: Family<ResourceLabels, Counter>,
+    pub pods_with_series: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
 }
 
 impl Metrics {
@@ -142,6 +200,12 @@ impl Metrics {
             drain_errors: Counter::default(),
             programs_attached: Gauge::default(),
             build_info: Family::default(),
+            held_bytes: Gauge::default(),
+            hold_expired_bytes: Counter::default(),
+            kubernetes_synced: Family::default(),
+            kubernetes_objects: Family::default(),
+            kubernetes_watch_errors: Family::default(),
+            pods_with_series: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("netcost");
         r.register_with_unit(
@@ -208,6 +272,38 @@ impl Metrics {
             "Agent version and kernel ABI version (value is always 1)",
             m.build_info.clone(),
         );
+        r.register_with_unit(
+            "held",
+            "Bytes counted but not yet attributed: their pod is not yet known from the Kubernetes API, or the topology is not yet synced",
+            Unit::Bytes,
+            m.held_bytes.clone(),
+        );
+        r.register_with_unit(
+            "hold_expired",
+            "Bytes held longer than kubernetes.hold_unknown_seconds and then attributed with what was known (pod UID only, or an unplaced class)",
+            Unit::Bytes,
+            m.hold_expired_bytes.clone(),
+        );
+        r.register(
+            "kubernetes_synced",
+            "1 when the watch of a Kubernetes resource has listed everything and is current",
+            m.kubernetes_synced.clone(),
+        );
+        r.register(
+            "kubernetes_objects",
+            "Objects of a Kubernetes resource known to the agent",
+            m.kubernetes_objects.clone(),
+        );
+        r.register(
+            "kubernetes_watch_errors",
+            "Errors of a Kubernetes watch (it resumes with backoff, relisting after 410 Gone)",
+            m.kubernetes_watch_errors.clone(),
+        );
+        r.register(
+            "pods_with_series",
+            "Pods that currently have series (including deleted pods in their grace period)",
+            m.pods_with_series.clone(),
+        );
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
@@ -226,32 +322,27 @@ impl Metrics {
 
     /// Creates a pod's series at zero, so a scraper sees every series before its first byte
     /// (Prometheus' `increase()` cannot see what a counter held at its first sample).
-    pub fn ensure_pod(&self, uid: &str) {
-        for labels in pod_label_sets(uid) {
+    pub fn ensure_pod(&self, pod: &PodLabels) {
+        for labels in pod_label_sets(pod) {
             let _ = self.bytes.get_or_create(&labels);
             let _ = self.packets.get_or_create(&labels);
         }
     }
 
     /// Removes every series of a pod (after its grace period).
-    pub fn remove_pod(&self, uid: &str) {
-        for labels in pod_label_sets(uid) {
+    pub fn remove_pod(&self, pod: &PodLabels) {
+        for labels in pod_label_sets(pod) {
             self.bytes.remove(&labels);
             self.packets.remove(&labels);
         }
     }
 }
 
-fn pod_label_sets(uid: &str) -> impl Iterator<Item = TrafficLabels> + '_ {
+fn pod_label_sets(pod: &PodLabels) -> impl Iterator<Item = TrafficLabels> + '_ {
     TrafficClass::ALL.into_iter().flat_map(move |class| {
         Direction::BOTH
             .into_iter()
-            .map(move |direction| TrafficLabels {
-                owner: Owner::Pod,
-                pod_uid: uid.to_owned(),
-                traffic_class: class,
-                direction,
-            })
+            .map(move |direction| TrafficLabels::pod(pod, class, direction))
     })
 }
 
@@ -297,14 +388,26 @@ mod tests {
     fn pod_series_exist_at_zero_and_go_away() {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
-        m.ensure_pod("u1");
+        let pod = PodLabels {
+            namespace: "shop".into(),
+            pod: "cart-1".into(),
+            pod_uid: "u1".into(),
+            workload_kind: "Deployment".into(),
+            workload: "cart".into(),
+        };
+        m.ensure_pod(&pod);
+        m.ensure_pod(&PodLabels::uid_only("u2"));
         let text = encode(&registry, Format::PrometheusText).unwrap();
-        let line = "netcost_network_bytes_total{owner=\"pod\",pod_uid=\"u1\",traffic_class=\"cross_zone\",direction=\"ingress\"} 0";
+        let line = "netcost_network_bytes_total{owner=\"pod\",namespace=\"shop\",pod=\"cart-1\",workload_kind=\"Deployment\",workload=\"cart\",pod_uid=\"u1\",traffic_class=\"cross_zone\",direction=\"ingress\"} 0";
+        assert!(text.contains(line), "{text}");
+        // Unknown names are left out rather than exposed empty.
+        let line = "netcost_network_bytes_total{owner=\"pod\",pod_uid=\"u2\",traffic_class=\"internet\",direction=\"egress\"} 0";
         assert!(text.contains(line), "{text}");
         assert!(!text.contains("# EOF"));
-        m.remove_pod("u1");
+        m.remove_pod(&pod);
+        m.remove_pod(&PodLabels::uid_only("u2"));
         let text = encode(&registry, Format::OpenMetrics).unwrap();
-        assert!(!text.contains("u1"), "{text}");
+        assert!(!text.contains("u1") && !text.contains("u2"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 

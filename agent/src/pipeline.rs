@@ -1,8 +1,14 @@
 //! One direction of data: kernel maps → drain → attribute → classify → expose.
+//!
+//! Attribution and classification wait for what they need: bytes of a pod the Kubernetes API has
+//! not told us about yet, or bytes to a private address while the node inventory is not synced,
+//! are held (bounded, for `hold_max`) and attributed once the answer is known — an API outage
+//! delays names, it never loses or misattributes bytes.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
@@ -11,13 +17,17 @@ use agent_common::{Counter, FlowKey, FAMILY_IPV4};
 use crate::{
     drain::{CountingBuffers, Drainer},
     identity::{CgroupResolver, Identity},
-    metrics::{Direction, DirectionLabels, Metrics, TrafficLabels},
-    topology::{Topology, TrafficClass},
+    inventory::{Inventory, PodMeta, SharedInventory},
+    metrics::{Direction, DirectionLabels, Metrics, Owner, PodLabels, TrafficLabels},
+    topology::{Place, StaticTopology, Topology, TrafficClass},
 };
 
 /// How often the cgroup tree is walked even when no unknown id shows up: new pods get their zero
 /// series and gone pods start their grace period.
 const CGROUP_REFRESH: Duration = Duration::from_secs(10);
+/// Most (identity, remote, direction) entries held at once; beyond it bytes are attributed with
+/// what is known rather than held (and counted in `netcost_hold_expired_bytes_total`).
+const HOLD_CAPACITY: usize = 65_536;
 
 pub fn remote_addr(key: &FlowKey) -> IpAddr {
     let octets = key.remote_octets();
@@ -29,31 +39,77 @@ pub fn remote_addr(key: &FlowKey) -> IpAddr {
     }
 }
 
-pub struct Pipeline<B, T> {
-    drainer: Drainer<B>,
-    resolver: CgroupResolver,
-    topology: T,
-    metrics: Metrics,
-    /// Pods that have series, and since when their cgroup is gone (if it is).
-    pods_with_series: HashMap<String, Option<Instant>>,
-    series_grace: Duration,
+/// The Kubernetes side of attribution: the inventory the watchers keep, and our node's name.
+pub struct KubeView {
+    pub inventory: SharedInventory,
+    pub node_name: String,
+    /// Whether other nodes are watched (else only the config's prefixes place addresses).
+    pub watch_nodes: bool,
 }
 
-impl<B: CountingBuffers, T: Topology> Pipeline<B, T> {
+pub struct PipelineOptions {
+    pub series_grace: Duration,
+    /// How long bytes wait for their pod's names or for the topology.
+    pub hold_max: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct HeldKey {
+    identity: Identity,
+    /// `None` for overflow bytes (no remote address recorded).
+    remote: Option<IpAddr>,
+    direction: Direction,
+}
+
+struct Held {
+    counter: Counter,
+    since: Instant,
+}
+
+/// A pod that has series: the label sets they carry, and since when the pod is gone.
+struct Series {
+    labels: Vec<PodLabels>,
+    gone_since: Option<Instant>,
+}
+
+pub struct Pipeline<B> {
+    drainer: Drainer<B>,
+    resolver: CgroupResolver,
+    /// The config's topology.
+    base: StaticTopology,
+    /// Our own place from outside the config and the API (IMDS), filled in asynchronously.
+    fallback_place: Arc<RwLock<Place>>,
+    kube: Option<KubeView>,
+    topology: StaticTopology,
+    topology_key: Option<(Option<(u64, u64)>, Place)>,
+    metrics: Metrics,
+    series: HashMap<String, Series>,
+    held: HashMap<HeldKey, Held>,
+    options: PipelineOptions,
+}
+
+impl<B: CountingBuffers> Pipeline<B> {
     pub fn new(
         drainer: Drainer<B>,
         resolver: CgroupResolver,
-        topology: T,
+        base: StaticTopology,
+        fallback_place: Arc<RwLock<Place>>,
+        kube: Option<KubeView>,
         metrics: Metrics,
-        series_grace: Duration,
+        options: PipelineOptions,
     ) -> Self {
         Pipeline {
             drainer,
             resolver,
-            topology,
+            topology: base.clone(),
+            base,
+            fallback_place,
+            kube,
+            topology_key: None,
             metrics,
-            pods_with_series: HashMap::new(),
-            series_grace,
+            series: HashMap::new(),
+            held: HashMap::new(),
+            options,
         }
     }
 
@@ -61,25 +117,43 @@ impl<B: CountingBuffers, T: Topology> Pipeline<B, T> {
         &self.drainer
     }
 
+    pub fn topology(&self) -> &StaticTopology {
+        &self.topology
+    }
+
     /// One drain. On error nothing was taken out of the kernel that is not also accounted.
     pub fn tick(&mut self) -> Result<(), B::Error> {
         let started = Instant::now();
         self.resolver.refresh_if_older(CGROUP_REFRESH);
         let batch = self.drainer.drain()?;
+        let shared = self.kube.as_ref().map(|k| k.inventory.clone());
+        let guard = shared
+            .as_ref()
+            .map(|i| i.read().unwrap_or_else(PoisonError::into_inner));
+        let inventory: Option<&Inventory> = guard.as_deref();
+        self.refresh_topology(inventory);
+        let now = Instant::now();
+
+        // What was held first, so it is attributed in the order it was counted.
+        for (key, held) in std::mem::take(&mut self.held) {
+            self.attribute(inventory, key, &held.counter, held.since, now);
+        }
         for (key, counter) in &batch.flows {
-            let identity = self.resolver.resolve(key.cgroup_id);
-            let class = self.topology.classify(remote_addr(key));
-            self.add(
-                &identity,
-                class,
-                Direction::from_abi(key.direction),
-                counter,
-            );
+            let key = HeldKey {
+                identity: self.resolver.resolve(key.cgroup_id),
+                remote: Some(remote_addr(key)),
+                direction: Direction::from_abi(key.direction),
+            };
+            self.attribute(inventory, key, counter, now, now);
         }
         for (key, counter) in &batch.overflow {
-            let identity = self.resolver.resolve(key.cgroup_id);
             let direction = Direction::from_abi(key.direction);
-            self.add(&identity, TrafficClass::Unknown, direction, counter);
+            let key = HeldKey {
+                identity: self.resolver.resolve(key.cgroup_id),
+                remote: None,
+                direction,
+            };
+            self.attribute(inventory, key, counter, now, now);
             self.metrics
                 .overflow_bytes
                 .get_or_create(&DirectionLabels { direction })
@@ -97,47 +171,189 @@ impl<B: CountingBuffers, T: Topology> Pipeline<B, T> {
                 .get_or_create(&labels)
                 .inc_by(lost.packets);
         }
-        self.sync_pod_series();
+        self.sync_pod_series(inventory, now);
+        let held: u64 = self.held.values().map(|h| h.counter.bytes).sum();
+        self.metrics.held_bytes.set(held as i64);
+        self.metrics.pods_with_series.set(self.series.len() as i64);
         self.metrics
             .drain_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
-    fn add(&mut self, identity: &Identity, class: TrafficClass, direction: Direction, c: &Counter) {
-        if let Identity::Pod { uid, .. } = identity {
-            if !self.pods_with_series.contains_key(uid) {
-                self.metrics.ensure_pod(uid);
-                self.pods_with_series.insert(uid.clone(), None);
-            }
+    /// Rebuilds the classification table when the nodes, this node's pods or our own place
+    /// changed.
+    fn refresh_topology(&mut self, inventory: Option<&Inventory>) {
+        let fallback = self
+            .fallback_place
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let key = (
+            inventory.map(|i| (i.nodes_generation(), i.pods_generation())),
+            fallback.clone(),
+        );
+        if self.topology_key.as_ref() == Some(&key) {
+            return;
         }
-        let labels = TrafficLabels::new(identity, class, direction);
-        self.metrics.bytes.get_or_create(&labels).inc_by(c.bytes);
+        self.topology = match (inventory, &self.kube) {
+            (Some(inv), Some(kube)) => inv.topology(&self.base, Some(&kube.node_name), &fallback),
+            _ => self.base.extended(self.base.own().clone().or(fallback), []),
+        };
+        self.topology_key = Some(key);
+    }
+
+    /// Whether a private address can be placed now: we know our zone and, if nodes are
+    /// watched, the node list is complete.
+    fn topology_ready(&self, inventory: Option<&Inventory>) -> bool {
+        let nodes_ready = match (&self.kube, inventory) {
+            (Some(k), Some(inv)) => !k.watch_nodes || inv.nodes_synced(),
+            _ => true,
+        };
+        nodes_ready && self.topology.own().is_placed()
+    }
+
+    /// The labels a pod's bytes go to: from the API, or from the series of a pod that was just
+    /// deleted; `None` while the pod is not known yet.
+    fn pod_labels(&self, inventory: Option<&Inventory>, uid: &str) -> Option<PodLabels> {
+        let Some(inventory) = inventory else {
+            return Some(PodLabels::uid_only(uid));
+        };
+        if let Some(pod) = inventory.pod(uid) {
+            return Some(labels_of(pod));
+        }
+        self.series.get(uid).and_then(|s| s.labels.last().cloned())
+    }
+
+    fn attribute(
+        &mut self,
+        inventory: Option<&Inventory>,
+        key: HeldKey,
+        counter: &Counter,
+        since: Instant,
+        now: Instant,
+    ) {
+        let may_hold = now.duration_since(since) < self.options.hold_max;
+        let pod = match &key.identity {
+            Identity::Pod { uid, .. } => match self.pod_labels(inventory, uid) {
+                Some(labels) => Some(labels),
+                None if may_hold && self.hold(&key, counter, since) => return,
+                None => {
+                    self.metrics.hold_expired_bytes.inc_by(counter.bytes);
+                    Some(PodLabels::uid_only(uid))
+                }
+            },
+            _ => None,
+        };
+        let class = match key.remote {
+            None => TrafficClass::Unknown,
+            Some(addr) => {
+                let class = self.topology.classify(addr);
+                // Internet and node-local answers do not depend on the inventory; private
+                // addresses do, and wait for it.
+                if class == TrafficClass::Unplaced && !self.topology_ready(inventory) {
+                    if may_hold && self.hold(&key, counter, since) {
+                        return;
+                    }
+                    self.metrics.hold_expired_bytes.inc_by(counter.bytes);
+                }
+                class
+            }
+        };
+        let labels = match (&key.identity, pod) {
+            (_, Some(pod)) => {
+                self.note_series(&pod);
+                TrafficLabels::pod(&pod, class, key.direction)
+            }
+            (Identity::Node, None) => TrafficLabels::node(Owner::Node, class, key.direction),
+            (_, None) => TrafficLabels::node(Owner::Unknown, class, key.direction),
+        };
+        self.metrics
+            .bytes
+            .get_or_create(&labels)
+            .inc_by(counter.bytes);
         self.metrics
             .packets
             .get_or_create(&labels)
-            .inc_by(c.packets);
+            .inc_by(counter.packets);
+    }
+
+    /// Holds bytes for a later tick; false when the hold is full.
+    fn hold(&mut self, key: &HeldKey, counter: &Counter, since: Instant) -> bool {
+        if let Some(h) = self.held.get_mut(key) {
+            h.counter.bytes += counter.bytes;
+            h.counter.packets += counter.packets;
+            h.since = h.since.min(since);
+            return true;
+        }
+        if self.held.len() >= HOLD_CAPACITY {
+            return false;
+        }
+        self.held.insert(
+            key.clone(),
+            Held {
+                counter: *counter,
+                since,
+            },
+        );
+        true
+    }
+
+    /// Records that a pod has series under `labels` (creating them at zero first).
+    fn note_series(&mut self, labels: &PodLabels) {
+        let series = self
+            .series
+            .entry(labels.pod_uid.clone())
+            .or_insert_with(|| Series {
+                labels: Vec::new(),
+                gone_since: None,
+            });
+        if !series.labels.contains(labels) {
+            self.metrics.ensure_pod(labels);
+            series.labels.push(labels.clone());
+        }
     }
 
     /// Zero series for pods that appeared; removal of pods gone for longer than the grace period.
-    fn sync_pod_series(&mut self) {
-        let live: &HashSet<String> = self.resolver.live_pods();
-        for uid in live {
-            if !self.pods_with_series.contains_key(uid) {
-                self.metrics.ensure_pod(uid);
+    fn sync_pod_series(&mut self, inventory: Option<&Inventory>, now: Instant) {
+        let mut live: Vec<PodLabels> = Vec::new();
+        match inventory {
+            None => live.extend(
+                self.resolver
+                    .live_pods()
+                    .iter()
+                    .map(|u| PodLabels::uid_only(u)),
+            ),
+            Some(inv) => {
+                live.extend(inv.pods().map(|p| labels_of(p)));
+                // A pod the API already deleted whose cgroup is still there (terminating) keeps
+                // its series until the cgroup is gone too.
+                for uid in self.resolver.live_pods() {
+                    if inv.pod(uid).is_none() {
+                        if let Some(s) = self.series.get(uid) {
+                            live.extend(s.labels.last().cloned());
+                        }
+                    }
+                }
             }
-            self.pods_with_series.insert(uid.clone(), None);
         }
-        let now = Instant::now();
-        let grace = self.series_grace;
+        let mut live_uids = std::collections::HashSet::new();
+        for labels in &live {
+            self.note_series(labels);
+            live_uids.insert(labels.pod_uid.clone());
+        }
+        let grace = self.options.series_grace;
         let metrics = &self.metrics;
-        self.pods_with_series.retain(|uid, gone_since| {
-            if live.contains(uid) {
+        self.series.retain(|uid, series| {
+            if live_uids.contains(uid) {
+                series.gone_since = None;
                 return true;
             }
-            let since = *gone_since.get_or_insert(now);
+            let since = *series.gone_since.get_or_insert(now);
             if now.duration_since(since) >= grace {
-                metrics.remove_pod(uid);
+                for labels in &series.labels {
+                    metrics.remove_pod(labels);
+                }
                 return false;
             }
             true
@@ -145,10 +361,213 @@ impl<B: CountingBuffers, T: Topology> Pipeline<B, T> {
     }
 }
 
+pub fn labels_of(pod: &PodMeta) -> PodLabels {
+    PodLabels {
+        namespace: pod.namespace.clone(),
+        pod: pod.name.clone(),
+        pod_uid: pod.uid.clone(),
+        workload_kind: pod.workload.kind.clone(),
+        workload: pod.workload.name.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_common::{FlowKey, FAMILY_IPV6};
+    use crate::{
+        inventory::{PodMeta, Workload},
+        metrics::{encode, Format},
+    };
+    use agent_common::{FlowKey, OverflowKey, DIRECTION_EGRESS, FAMILY_IPV6};
+    use prometheus_client::registry::Registry;
+    use std::os::unix::fs::MetadataExt as _;
+
+    /// Buffers that hand out whatever the test queued, once.
+    #[derive(Default)]
+    struct Queue {
+        flows: Vec<(FlowKey, Counter)>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl CountingBuffers for Queue {
+        type Error = Never;
+        fn set_active(&mut self, _: u32) -> Result<(), Never> {
+            Ok(())
+        }
+        fn wait_for_writers(&mut self) -> Result<(), Never> {
+            Ok(())
+        }
+        fn take_flows(&mut self, _: u32) -> Result<Vec<(FlowKey, Counter)>, Never> {
+            Ok(std::mem::take(&mut self.flows))
+        }
+        fn take_overflow(&mut self, _: u32) -> Result<Vec<(OverflowKey, Counter)>, Never> {
+            Ok(Vec::new())
+        }
+        fn take_cached(&mut self, _: u32) -> Result<Vec<(FlowKey, Counter)>, Never> {
+            Ok(Vec::new())
+        }
+        fn lost(&mut self) -> Result<[Counter; 2], Never> {
+            Ok([Counter::default(); 2])
+        }
+    }
+
+    const UID: &str = "0a0b0c0d-1111-4222-8333-444455556666";
+
+    struct Fixture {
+        dir: std::path::PathBuf,
+        cgroup_id: u64,
+        inventory: SharedInventory,
+        registry: Registry,
+        pipeline: Pipeline<Queue>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(name: &str, grace: Duration) -> Fixture {
+        let dir =
+            std::env::temp_dir().join(format!("netcost-pipeline-{name}-{}", std::process::id()));
+        let pod_dir = dir.join(format!("kubepods/besteffort/pod{UID}/ctr"));
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let cgroup_id = std::fs::metadata(&pod_dir).unwrap().ino();
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let inventory = Inventory::shared();
+        let base = StaticTopology::new(
+            Place::zone("us-east-1a", "us-east-1"),
+            vec![],
+            vec![(
+                "10.0.16.0/20".parse().unwrap(),
+                Place::zone("us-east-1b", "us-east-1"),
+            )],
+        );
+        let pipeline = Pipeline::new(
+            Drainer::new(Queue::default(), 0),
+            CgroupResolver::new(dir.clone(), Duration::from_secs(600)),
+            base,
+            Arc::new(RwLock::new(Place::default())),
+            Some(KubeView {
+                inventory: inventory.clone(),
+                node_name: "node-a".into(),
+                watch_nodes: false,
+            }),
+            metrics,
+            PipelineOptions {
+                series_grace: grace,
+                hold_max: Duration::from_secs(3600),
+            },
+        );
+        Fixture {
+            dir,
+            cgroup_id,
+            inventory,
+            registry,
+            pipeline,
+        }
+    }
+
+    fn flow(f: &mut Fixture, remote: [u8; 4], bytes: u64) {
+        let key = FlowKey::new(
+            f.cgroup_id,
+            [u32::from_ne_bytes(remote), 0, 0, 0],
+            FAMILY_IPV4,
+            DIRECTION_EGRESS,
+        );
+        let mut c = Counter::default();
+        c.add(bytes, 1);
+        f.pipeline.drainer.buffers_mut().flows.push((key, c));
+    }
+
+    fn exposition(f: &Fixture) -> String {
+        encode(&f.registry, Format::PrometheusText).unwrap()
+    }
+
+    fn cart() -> PodMeta {
+        PodMeta {
+            uid: UID.into(),
+            namespace: "shop".into(),
+            name: "cart-1".into(),
+            workload: Workload {
+                kind: "Deployment".into(),
+                name: "cart".into(),
+            },
+            host_network: false,
+            ips: vec![],
+            containers: vec![],
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn bytes_of_an_unknown_pod_are_held_until_the_api_names_it() {
+        let mut f = fixture("hold", Duration::from_secs(300));
+        flow(&mut f, [10, 0, 16, 7], 1000);
+        flow(&mut f, [203, 0, 113, 1], 500);
+        f.pipeline.tick().unwrap();
+        let text = exposition(&f);
+        assert!(
+            !text.contains(UID),
+            "attributed before the pod was known:\n{text}"
+        );
+        assert!(text.contains("netcost_held_bytes 1500"), "{text}");
+        // The API catches up: the pod is listed.
+        {
+            let mut inv = f.inventory.write().unwrap();
+            inv.pods_init();
+            inv.pod_apply(cart());
+            inv.pods_init_done();
+        }
+        flow(&mut f, [10, 0, 16, 7], 24);
+        f.pipeline.tick().unwrap();
+        let text = exposition(&f);
+        let line = format!("netcost_network_bytes_total{{owner=\"pod\",namespace=\"shop\",pod=\"cart-1\",workload_kind=\"Deployment\",workload=\"cart\",pod_uid=\"{UID}\",traffic_class=\"cross_zone\",direction=\"egress\"}} 1024");
+        assert!(text.contains(&line), "{text}");
+        let line = format!("netcost_network_bytes_total{{owner=\"pod\",namespace=\"shop\",pod=\"cart-1\",workload_kind=\"Deployment\",workload=\"cart\",pod_uid=\"{UID}\",traffic_class=\"internet\",direction=\"egress\"}} 500");
+        assert!(text.contains(&line), "{text}");
+        assert!(text.contains("netcost_held_bytes 0"), "{text}");
+        assert!(
+            text.contains("netcost_hold_expired_bytes_total 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn deleted_pods_keep_their_series_for_the_grace_period_then_lose_them() {
+        let mut f = fixture("grace", Duration::from_millis(300));
+        {
+            let mut inv = f.inventory.write().unwrap();
+            inv.pods_init();
+            inv.pod_apply(cart());
+            inv.pods_init_done();
+        }
+        flow(&mut f, [203, 0, 113, 1], 77);
+        f.pipeline.tick().unwrap();
+        assert!(exposition(&f).contains("pod=\"cart-1\""));
+        // Deleted from the API and its cgroup gone.
+        f.inventory.write().unwrap().pod_delete(UID);
+        std::fs::remove_dir_all(&f.dir).unwrap();
+        f.pipeline.resolver.rescan();
+        f.pipeline.tick().unwrap();
+        let text = exposition(&f);
+        assert!(
+            text.contains("traffic_class=\"internet\",direction=\"egress\"} 77"),
+            "final value kept:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        f.pipeline.tick().unwrap();
+        let text = exposition(&f);
+        assert!(
+            !text.contains("cart-1"),
+            "series outlived the grace period:\n{text}"
+        );
+        assert!(text.contains("netcost_pods_with_series 0"), "{text}");
+    }
 
     #[test]
     fn remote_addresses_round_trip() {

@@ -16,7 +16,10 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::metrics::{encode, Format};
+use crate::{
+    k8s::KubeHealth,
+    metrics::{encode, Format},
+};
 
 /// What the probes report.
 pub struct Health {
@@ -26,6 +29,8 @@ pub struct Health {
     last_drain_ms: AtomicU64,
     /// The drain loop is considered stuck when no drain succeeded for this long.
     stale_after: Duration,
+    /// The Kubernetes watches, when the agent uses the API.
+    kube: Option<Arc<KubeHealth>>,
 }
 
 fn now_ms() -> u64 {
@@ -35,11 +40,23 @@ fn now_ms() -> u64 {
 }
 
 impl Health {
-    pub fn new(stale_after: Duration) -> Health {
+    pub fn new(stale_after: Duration, kube: Option<Arc<KubeHealth>>) -> Health {
         Health {
             ready: AtomicBool::new(false),
             last_drain_ms: AtomicU64::new(now_ms()),
             stale_after,
+            kube,
+        }
+    }
+
+    /// Ready: programs attached, one drain done, and the pod and node inventories synced.
+    fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("not yet drained".into());
+        }
+        match &self.kube {
+            Some(k) if !k.synced() => Err(format!("kubernetes inventory: {}", k.describe())),
+            _ => Ok(()),
         }
     }
 
@@ -95,8 +112,10 @@ fn handle(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Resp
             PLAIN,
             "drain loop stalled\n",
         ),
-        "/readyz" if health.ready.load(Ordering::Relaxed) => text(StatusCode::OK, PLAIN, "ok\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not yet drained\n"),
+        "/readyz" => match health.readiness() {
+            Ok(()) => text(StatusCode::OK, PLAIN, "ok\n"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
+        },
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found; try /metrics\n"),
     }
 }

@@ -4,7 +4,7 @@
 //! Topology is a source behind one trait: today a config file (`StaticTopology`); the Kubernetes
 //! Node inventory plugs in behind the same trait.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr};
 
 /// The traffic classes netcost reports, in the order AWS prices them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,22 +131,73 @@ impl FromStr for Cidr {
     }
 }
 
-/// What a configured prefix says about the addresses in it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ZoneEntry {
-    /// `None` for a region-level entry (zone unknown).
+/// Where something is: zone name, AWS zone ID and region, each possibly unknown.
+///
+/// Zones compare by zone ID when both sides have one: zone *names* are shuffled per AWS account
+/// (`us-east-1a` in one account is not `us-east-1a` in another), zone IDs (`use1-az1`) are not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Place {
     pub zone: Option<String>,
-    pub region: String,
+    pub zone_id: Option<String>,
+    pub region: Option<String>,
 }
 
-/// Topology from the config file.
+impl Place {
+    pub fn zone(zone: &str, region: &str) -> Place {
+        Place {
+            zone: Some(zone.to_owned()),
+            zone_id: None,
+            region: Some(region.to_owned()),
+        }
+    }
+
+    pub fn region(region: &str) -> Place {
+        Place {
+            zone: None,
+            zone_id: None,
+            region: Some(region.to_owned()),
+        }
+    }
+
+    /// Whether two places are the same zone: `None` when it cannot be told.
+    fn same_zone(&self, other: &Place) -> Option<bool> {
+        if let (Some(a), Some(b)) = (&self.zone_id, &other.zone_id) {
+            return Some(a == b);
+        }
+        match (&self.zone, &other.zone) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        }
+    }
+
+    /// Fills what `self` does not know from `other` (the first source that knows a field wins).
+    pub fn or(self, other: Place) -> Place {
+        Place {
+            zone: self.zone.or(other.zone),
+            zone_id: self.zone_id.or(other.zone_id),
+            region: self.region.or(other.region),
+        }
+    }
+
+    pub fn is_placed(&self) -> bool {
+        self.region.is_some() && (self.zone.is_some() || self.zone_id.is_some())
+    }
+}
+
+/// A table of prefixes → places, our own place, and the private ranges that are never internet.
+/// Built from the config file, and rebuilt with the Kubernetes Nodes (their addresses and pod
+/// CIDRs) when those change.
+///
+/// Lookups go by prefix length, longest first, one hash probe per distinct length: a cluster of
+/// thousands of nodes gives tens of thousands of prefixes but only a handful of lengths.
 #[derive(Clone, Debug)]
 pub struct StaticTopology {
-    region: String,
-    zone: String,
+    own: Place,
     vpc: Vec<Cidr>,
-    /// Sorted longest prefix first, so the first match is the most specific.
-    entries: Vec<(Cidr, ZoneEntry)>,
+    /// (prefix bits, network → place), longest prefix first.
+    by_length: Vec<(u8, HashMap<u128, Place>)>,
+    /// Every entry in the order given, to extend the table later.
+    entries: Vec<(Cidr, Place)>,
 }
 
 /// Ranges that are never the internet.
@@ -159,28 +210,66 @@ const PRIVATE: [&str; 5] = [
 ];
 
 impl StaticTopology {
-    pub fn new(
-        region: String,
-        zone: String,
-        mut vpc: Vec<Cidr>,
-        mut entries: Vec<(Cidr, ZoneEntry)>,
-    ) -> StaticTopology {
+    pub fn new(own: Place, mut vpc: Vec<Cidr>, entries: Vec<(Cidr, Place)>) -> StaticTopology {
         vpc.extend(PRIVATE.iter().filter_map(|c| c.parse::<Cidr>().ok()));
-        entries.sort_by_key(|e| std::cmp::Reverse(e.0.bits));
-        StaticTopology {
-            region,
-            zone,
+        let mut t = StaticTopology {
+            own,
             vpc,
-            entries,
+            by_length: Vec::new(),
+            entries: Vec::new(),
+        };
+        t.add(entries);
+        t
+    }
+
+    fn add(&mut self, entries: impl IntoIterator<Item = (Cidr, Place)>) {
+        for (cidr, place) in entries {
+            let slot = match self.by_length.iter().position(|(b, _)| *b == cidr.bits) {
+                Some(i) => i,
+                None => {
+                    self.by_length.push((cidr.bits, HashMap::new()));
+                    self.by_length.sort_by_key(|(b, _)| std::cmp::Reverse(*b));
+                    self.by_length
+                        .iter()
+                        .position(|(b, _)| *b == cidr.bits)
+                        .unwrap_or_default()
+                }
+            };
+            // For equal prefixes the first source (the config file) wins.
+            self.by_length[slot]
+                .1
+                .entry(cidr.network)
+                .or_insert_with(|| place.clone());
+            self.entries.push((cidr, place));
         }
     }
 
-    pub fn region(&self) -> &str {
-        &self.region
+    pub fn own(&self) -> &Place {
+        &self.own
     }
 
-    pub fn zone(&self) -> &str {
-        &self.zone
+    /// A copy with another own place and more entries (the config's entries first, so they win
+    /// over equal prefixes learned elsewhere).
+    pub fn extended(&self, own: Place, extra: impl IntoIterator<Item = (Cidr, Place)>) -> Self {
+        let mut t = StaticTopology {
+            own,
+            vpc: self.vpc.clone(),
+            by_length: self.by_length.clone(),
+            entries: self.entries.clone(),
+        };
+        t.add(extra);
+        t
+    }
+
+    pub fn entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn lookup(&self, addr: IpAddr) -> Option<&Place> {
+        let a = mapped(addr);
+        self.by_length
+            .iter()
+            .find_map(|(bits, map)| map.get(&(a & mask(*bits))))
     }
 }
 
@@ -201,13 +290,8 @@ impl Topology for StaticTopology {
         if never_leaves_node(addr) {
             return TrafficClass::SameZone;
         }
-        if let Some((_, entry)) = self.entries.iter().find(|(c, _)| c.contains(addr)) {
-            return match (&entry.zone, entry.region == self.region) {
-                (_, false) => TrafficClass::CrossRegion,
-                (Some(zone), true) if *zone == self.zone => TrafficClass::SameZone,
-                (Some(_), true) => TrafficClass::CrossZone,
-                (None, true) => TrafficClass::Unplaced,
-            };
+        if let Some(place) = self.lookup(addr) {
+            return classify_place(&self.own, place);
         }
         if self.vpc.iter().any(|c| c.contains(addr)) {
             return TrafficClass::Unplaced;
@@ -216,18 +300,34 @@ impl Topology for StaticTopology {
     }
 }
 
+/// The class of traffic between our own place and a remote place. Nothing is guessed: a remote
+/// whose zone (or our own) is unknown is `Unplaced` unless the regions alone decide.
+pub fn classify_place(own: &Place, remote: &Place) -> TrafficClass {
+    if let (Some(a), Some(b)) = (&own.region, &remote.region) {
+        if a != b {
+            return TrafficClass::CrossRegion;
+        }
+    }
+    match own.same_zone(remote) {
+        Some(true) => TrafficClass::SameZone,
+        Some(false) if own.region.is_some() && own.region == remote.region => {
+            TrafficClass::CrossZone
+        }
+        _ => TrafficClass::Unplaced,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn topo() -> StaticTopology {
-        let entry = |zone: Option<&str>, region: &str| ZoneEntry {
-            zone: zone.map(str::to_owned),
-            region: region.to_owned(),
+        let entry = |zone: Option<&str>, region: &str| match zone {
+            Some(z) => Place::zone(z, region),
+            None => Place::region(region),
         };
         StaticTopology::new(
-            "us-east-1".into(),
-            "us-east-1a".into(),
+            Place::zone("us-east-1a", "us-east-1"),
             vec!["10.0.0.0/16".parse().unwrap()],
             vec![
                 (
@@ -282,6 +382,66 @@ mod tests {
         for a in ["127.0.0.1", "169.254.169.254", "::1", "fe80::1", "0.0.0.0"] {
             assert_eq!(class(a), TrafficClass::SameZone, "{a}");
         }
+    }
+
+    #[test]
+    fn zone_ids_decide_over_zone_names() {
+        let own = Place {
+            zone: Some("us-east-1a".into()),
+            zone_id: Some("use1-az1".into()),
+            region: Some("us-east-1".into()),
+        };
+        // Another account's "us-east-1b" is our us-east-1a: same zone ID.
+        let remote = Place {
+            zone: Some("us-east-1b".into()),
+            zone_id: Some("use1-az1".into()),
+            region: Some("us-east-1".into()),
+        };
+        assert_eq!(classify_place(&own, &remote), TrafficClass::SameZone);
+        let remote = Place {
+            zone_id: Some("use1-az2".into()),
+            ..remote
+        };
+        assert_eq!(classify_place(&own, &remote), TrafficClass::CrossZone);
+        // Without a zone ID on one side, names decide.
+        assert_eq!(
+            classify_place(&own, &Place::zone("us-east-1a", "us-east-1")),
+            TrafficClass::SameZone
+        );
+        // Unknown own zone: nothing but the region can be told.
+        let nowhere = Place::region("us-east-1");
+        assert_eq!(
+            classify_place(&nowhere, &Place::zone("us-east-1a", "us-east-1")),
+            TrafficClass::Unplaced
+        );
+        assert_eq!(
+            classify_place(&nowhere, &Place::zone("eu-west-1a", "eu-west-1")),
+            TrafficClass::CrossRegion
+        );
+        assert_eq!(
+            classify_place(&Place::default(), &Place::zone("eu-west-1a", "eu-west-1")),
+            TrafficClass::Unplaced
+        );
+    }
+
+    #[test]
+    fn extended_tables_keep_config_entries_first() {
+        let t = topo().extended(
+            Place::zone("us-east-1b", "us-east-1"),
+            [(
+                "10.0.0.0/20".parse().unwrap(),
+                Place::zone("us-east-1b", "us-east-1"),
+            )],
+        );
+        // The config says 10.0.0.0/20 is us-east-1a; we are now in 1b.
+        assert_eq!(
+            t.classify("10.0.1.1".parse().unwrap()),
+            TrafficClass::CrossZone
+        );
+        assert_eq!(
+            t.classify("10.0.17.1".parse().unwrap()),
+            TrafficClass::SameZone
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ const TOLERANCE: f64 = 0.005;
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_nct-traffic");
 
 fn config(extra: &str) -> String {
-    format!("drain_interval_seconds: 0.5\n{extra}{TOPOLOGY_YAML}")
+    format!("drain_interval_seconds: 0.5\nkubernetes: {{ enabled: false }}\n{extra}{TOPOLOGY_YAML}")
 }
 
 /// Known volumes over TCP and UDP, IPv4 and IPv6, both directions; each pod leaves some classes

@@ -1,0 +1,372 @@
+//! The Kubernetes API side: watchers that keep the [`Inventory`] current.
+//!
+//! Cost to the API server is the constraint (per-node agents that each watch every pod of a
+//! large cluster were most of the API calls in kubecost#2756):
+//! - pods: only this node's, by the server-side field selector `spec.nodeName=<node>`;
+//! - nodes: all of them (their zones place other nodes' addresses and pod CIDRs), or with
+//!   `watch_nodes: false` only our own Node (`metadata.name=<node>`) for our zone;
+//! - initial lists and relists accept the API server's watch cache (`resourceVersion=0`), so a
+//!   fleet of agents restarting together does not hit etcd;
+//! - workloads: one GET per ReplicaSet or Job that owns a pod on this node, cached.
+//!
+//! Watches resume from their last resourceVersion with backoff (0.8 s doubling to 30 s) and
+//! relist on 410 Gone; a relist replaces the inventory's set atomically.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, PoisonError,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
+    batch::v1::Job,
+    core::v1::{Node, Pod},
+};
+use kube::{
+    api::Api,
+    runtime::{watcher, WatchStreamExt as _},
+    Client, ResourceExt as _,
+};
+
+use crate::{
+    config::KubernetesConfig,
+    inventory::{
+        controller_of, direct_workload, node_meta, pod_meta, OwnerRef, SharedInventory, Workload,
+    },
+    metrics::{Metrics, ResourceLabels},
+};
+
+/// A watch counts as current again when no error came for this long (longer than the longest
+/// backoff), or at its next event.
+const ERROR_QUIET: Duration = Duration::from_secs(35);
+/// Owner GETs that take longer than this fall back to what the pod itself says.
+const OWNER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Cached owner answers kept at most (pods of one node reference far fewer owners).
+const OWNER_CACHE: usize = 4096;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether one watch has listed everything and is current.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    listed: AtomicBool,
+    last_error_ms: AtomicU64,
+    last_event_ms: AtomicU64,
+}
+
+impl WatchHealth {
+    fn error(&self) {
+        self.last_error_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn event(&self) {
+        self.last_event_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn listed(&self) {
+        self.listed.store(true, Ordering::Relaxed);
+        self.event();
+    }
+
+    pub fn synced(&self) -> bool {
+        if !self.listed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let error = self.last_error_ms.load(Ordering::Relaxed);
+        error == 0
+            || error < self.last_event_ms.load(Ordering::Relaxed)
+            || now_ms().saturating_sub(error) > ERROR_QUIET.as_millis() as u64
+    }
+}
+
+/// The state of both watches, for `/readyz` and the metrics.
+#[derive(Debug, Default)]
+pub struct KubeHealth {
+    pub pods: WatchHealth,
+    pub nodes: WatchHealth,
+}
+
+impl KubeHealth {
+    pub fn synced(&self) -> bool {
+        self.pods.synced() && self.nodes.synced()
+    }
+
+    /// What is not synced, for the `/readyz` body.
+    pub fn describe(&self) -> String {
+        let state = |w: &WatchHealth| if w.synced() { "synced" } else { "not synced" };
+        format!("pods {}, nodes {}", state(&self.pods), state(&self.nodes))
+    }
+}
+
+/// A client for the configured API server, or the in-cluster / kubeconfig one.
+pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {
+    use anyhow::Context as _;
+    let kube_config = match &config.api_server {
+        Some(url) => {
+            let uri = url
+                .parse()
+                .with_context(|| format!("kubernetes.api_server {url:?}"))?;
+            kube::Config::new(uri)
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the Kubernetes API (in-cluster service account or kubeconfig); set kubernetes.api_server or kubernetes.enabled: false")?,
+    };
+    Client::try_from(kube_config).context("building the Kubernetes client")
+}
+
+/// Resolves a pod's controller to its workload: a ReplicaSet to its Deployment, a Job to its
+/// CronJob. Answers are cached per owner, so one node asks once per ReplicaSet or Job.
+pub struct OwnerResolver {
+    client: Client,
+    cache: HashMap<OwnerRef, Workload>,
+}
+
+impl OwnerResolver {
+    pub fn new(client: Client) -> OwnerResolver {
+        OwnerResolver {
+            client,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub async fn workload(&mut self, pod: &Pod) -> Workload {
+        let owner = controller_of(pod);
+        let fallback = direct_workload(pod, owner.as_ref());
+        let Some(owner) = owner.filter(|o| o.kind == "ReplicaSet" || o.kind == "Job") else {
+            return fallback;
+        };
+        if let Some(w) = self.cache.get(&owner) {
+            return w.clone();
+        }
+        let looked_up = tokio::time::timeout(OWNER_TIMEOUT, self.lookup(&owner)).await;
+        let workload = match looked_up {
+            Ok(Ok(Some(w))) => w,
+            Ok(Ok(None)) => fallback,
+            Ok(Err(e)) => {
+                tracing::debug!(owner = ?owner, error = %e, "owner lookup failed; using what the pod says");
+                fallback
+            }
+            Err(_) => {
+                tracing::debug!(owner = ?owner, "owner lookup timed out; using what the pod says");
+                fallback
+            }
+        };
+        if self.cache.len() >= OWNER_CACHE {
+            self.cache.clear();
+        }
+        self.cache.insert(owner, workload.clone());
+        workload
+    }
+
+    /// The owner's own controller, if it has one; `None` when the owner is gone.
+    async fn lookup(&self, owner: &OwnerRef) -> Result<Option<Workload>, kube::Error> {
+        let refs = if owner.kind == "ReplicaSet" {
+            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &owner.namespace);
+            api.get_opt(&owner.name)
+                .await?
+                .map(|o| o.metadata.owner_references.unwrap_or_default())
+        } else {
+            let api: Api<Job> = Api::namespaced(self.client.clone(), &owner.namespace);
+            api.get_opt(&owner.name)
+                .await?
+                .map(|o| o.metadata.owner_references.unwrap_or_default())
+        };
+        let Some(refs) = refs else {
+            return Ok(None);
+        };
+        let top = refs.iter().find(|r| r.controller == Some(true));
+        Ok(Some(match top {
+            Some(r) => Workload {
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+            },
+            None => Workload {
+                kind: owner.kind.clone(),
+                name: owner.name.clone(),
+            },
+        }))
+    }
+}
+
+fn labels(resource: &'static str) -> ResourceLabels {
+    ResourceLabels { resource }
+}
+
+/// Watches this node's pods into the inventory until the process ends.
+pub async fn watch_pods(
+    client: Client,
+    node_name: String,
+    inventory: SharedInventory,
+    health: Arc<KubeHealth>,
+    metrics: Metrics,
+) {
+    let api: Api<Pod> = Api::all(client.clone());
+    let config = watcher::Config::default()
+        .fields(&format!("spec.nodeName={node_name}"))
+        .any_semantic();
+    let mut owners = OwnerResolver::new(client);
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let synced = metrics
+        .kubernetes_synced
+        .get_or_create(&labels("pods"))
+        .clone();
+    let objects = metrics
+        .kubernetes_objects
+        .get_or_create(&labels("pods"))
+        .clone();
+    let errors = metrics
+        .kubernetes_watch_errors
+        .get_or_create(&labels("pods"))
+        .clone();
+    let mut last_error_log: Option<Instant> = None;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                errors.inc();
+                health.pods.error();
+                synced.set(0);
+                log_watch_error("pods", &e, &mut last_error_log);
+                continue;
+            }
+        };
+        health.pods.event();
+        match event {
+            watcher::Event::Init => write(&inventory).pods_init(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let workload = owners.workload(&pod).await;
+                match pod_meta(&pod, workload) {
+                    Some(meta) => write(&inventory).pod_apply(meta),
+                    None => {
+                        tracing::warn!(pod = %pod.name_any(), "pod without uid or name ignored")
+                    }
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = pod.uid() {
+                    write(&inventory).pod_delete(&uid);
+                }
+            }
+            watcher::Event::InitDone => {
+                write(&inventory).pods_init_done();
+                health.pods.listed();
+                tracing::info!(node = %node_name, pods = read_count(&inventory, true), "pod inventory synced");
+            }
+        }
+        if health.pods.synced() {
+            synced.set(1);
+        }
+        objects.set(read_count(&inventory, true) as i64);
+    }
+}
+
+/// Watches Nodes (all of them, or only ours) into the inventory until the process ends.
+pub async fn watch_nodes(
+    client: Client,
+    node_name: String,
+    all_nodes: bool,
+    inventory: SharedInventory,
+    health: Arc<KubeHealth>,
+    metrics: Metrics,
+) {
+    let api: Api<Node> = Api::all(client);
+    let mut config = watcher::Config::default().any_semantic();
+    if !all_nodes {
+        config = config.fields(&format!("metadata.name={node_name}"));
+    }
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let synced = metrics
+        .kubernetes_synced
+        .get_or_create(&labels("nodes"))
+        .clone();
+    let objects = metrics
+        .kubernetes_objects
+        .get_or_create(&labels("nodes"))
+        .clone();
+    let errors = metrics
+        .kubernetes_watch_errors
+        .get_or_create(&labels("nodes"))
+        .clone();
+    let mut last_error_log: Option<Instant> = None;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                errors.inc();
+                health.nodes.error();
+                synced.set(0);
+                log_watch_error("nodes", &e, &mut last_error_log);
+                continue;
+            }
+        };
+        health.nodes.event();
+        match event {
+            watcher::Event::Init => write(&inventory).nodes_init(),
+            watcher::Event::InitApply(node) | watcher::Event::Apply(node) => {
+                let (meta, problems) = node_meta(&node);
+                if !problems.is_empty() {
+                    tracing::warn!(node = %meta.name, problems = ?problems, "node fields skipped");
+                }
+                if meta.name == node_name && !meta.place.is_placed() {
+                    tracing::warn!(node = %meta.name, "our Node has no {} / {} labels: set topology.zone and topology.region or enable imds", crate::inventory::ZONE_LABEL, crate::inventory::REGION_LABEL);
+                }
+                write(&inventory).node_apply(meta);
+            }
+            watcher::Event::Delete(node) => write(&inventory).node_delete(&node.name_any()),
+            watcher::Event::InitDone => {
+                write(&inventory).nodes_init_done();
+                health.nodes.listed();
+                let inv = inventory.read().unwrap_or_else(PoisonError::into_inner);
+                tracing::info!(
+                    nodes = inv.node_count(),
+                    own_node_found = inv.node(&node_name).is_some(),
+                    "node inventory synced"
+                );
+            }
+        }
+        if health.nodes.synced() {
+            synced.set(1);
+        }
+        objects.set(read_count(&inventory, false) as i64);
+    }
+}
+
+fn write(
+    inventory: &SharedInventory,
+) -> std::sync::RwLockWriteGuard<'_, crate::inventory::Inventory> {
+    inventory.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_count(inventory: &SharedInventory, pods: bool) -> usize {
+    let inv = inventory.read().unwrap_or_else(PoisonError::into_inner);
+    if pods {
+        inv.pod_count()
+    } else {
+        inv.node_count()
+    }
+}
+
+/// One warning per resource per 30 s while the API is unreachable, the rest at debug.
+fn log_watch_error(resource: &str, error: &watcher::Error, last: &mut Option<Instant>) {
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+        *last = Some(Instant::now());
+        tracing::warn!(resource, error = %error, "kubernetes watch failed; counting goes on, retrying with backoff");
+    } else {
+        tracing::debug!(resource, error = %error, "kubernetes watch failed");
+    }
+}
+
+/// Whether the Kubernetes API is where the agent runs (the in-cluster service environment).
+pub fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
