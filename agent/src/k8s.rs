@@ -5,8 +5,9 @@
 //! - pods: only this node's, by the server-side field selector `spec.nodeName=<node>`;
 //! - nodes: all of them (their zones place other nodes' addresses and pod CIDRs), or with
 //!   `watch_nodes: false` only our own Node (`metadata.name=<node>`) for our zone;
-//! - initial lists and relists accept the API server's watch cache (`resourceVersion=0`), so a
-//!   fleet of agents restarting together does not hit etcd;
+//! - initial lists and relists accept the API server's watch cache (`resourceVersion=0`, unpaged:
+//!   kube-rs drops `resourceVersion=0` from paged lists), so a fleet of agents restarting
+//!   together does not hit etcd;
 //! - workloads: one GET per ReplicaSet or Job that owns a pod on this node, cached.
 //!
 //! Watches resume from their last resourceVersion with backoff (0.8 s doubling to 30 s) and
@@ -211,9 +212,11 @@ pub async fn watch_pods(
     metrics: Metrics,
 ) {
     let api: Api<Pod> = Api::all(client.clone());
-    let config = watcher::Config::default()
-        .fields(&format!("spec.nodeName={node_name}"))
-        .any_semantic();
+    let config = unpaged(
+        watcher::Config::default()
+            .fields(&format!("spec.nodeName={node_name}"))
+            .any_semantic(),
+    );
     let mut owners = OwnerResolver::new(client);
     let mut stream = watcher(api, config).default_backoff().boxed();
     let synced = metrics
@@ -280,7 +283,7 @@ pub async fn watch_nodes(
     metrics: Metrics,
 ) {
     let api: Api<Node> = Api::all(client);
-    let mut config = watcher::Config::default().any_semantic();
+    let mut config = unpaged(watcher::Config::default().any_semantic());
     if !all_nodes {
         config = config.fields(&format!("metadata.name={node_name}"));
     }
@@ -369,4 +372,11 @@ fn log_watch_error(resource: &str, error: &watcher::Error, last: &mut Option<Ins
 /// Whether the Kubernetes API is where the agent runs (the in-cluster service environment).
 pub fn in_cluster() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
+/// Lists without `limit`: kube-rs sends `resourceVersion=0` (served from the API server's watch
+/// cache) only on unpaged lists.
+fn unpaged(mut config: watcher::Config) -> watcher::Config {
+    config.page_size = None;
+    config
 }

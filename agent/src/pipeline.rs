@@ -324,18 +324,9 @@ impl<B: CountingBuffers> Pipeline<B> {
                     .iter()
                     .map(|u| PodLabels::uid_only(u)),
             ),
-            Some(inv) => {
-                live.extend(inv.pods().map(|p| labels_of(p)));
-                // A pod the API already deleted whose cgroup is still there (terminating) keeps
-                // its series until the cgroup is gone too.
-                for uid in self.resolver.live_pods() {
-                    if inv.pod(uid).is_none() {
-                        if let Some(s) = self.series.get(uid) {
-                            live.extend(s.labels.last().cloned());
-                        }
-                    }
-                }
-            }
+            // The API deletes a pod object once the kubelet reports its containers gone: from
+            // then on the pod is gone (late bytes still find its labels in its series).
+            Some(inv) => live.extend(inv.pods().map(|p| labels_of(p))),
         }
         let mut live_uids = std::collections::HashSet::new();
         for labels in &live {

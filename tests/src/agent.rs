@@ -43,8 +43,18 @@ fn free_port() -> Result<u16> {
 
 impl Agent {
     /// Starts the agent with `config` (YAML without `listen`, which is added) and waits until it
-    /// is ready (programs attached, one drain done).
+    /// is ready (programs attached, one drain done, inventory synced if it uses the API).
     pub fn start(name: &str, config: &str) -> Result<Agent> {
+        Agent::start_waiting_for(name, config, "/readyz")
+    }
+
+    /// Starts the agent and waits only until it is alive (`/healthz`): for tests where its
+    /// Kubernetes API is not there yet.
+    pub fn start_unready(name: &str, config: &str) -> Result<Agent> {
+        Agent::start_waiting_for(name, config, "/healthz")
+    }
+
+    fn start_waiting_for(name: &str, config: &str, probe: &str) -> Result<Agent> {
         let port = free_port()?;
         let dir = std::env::temp_dir();
         let config_path = dir.join(format!("nct-{name}.yaml"));
@@ -77,7 +87,7 @@ impl Agent {
             if let Some(status) = agent.proc.child().try_wait()? {
                 bail!("agent exited with {status}: {}", agent.log());
             }
-            if agent.get("/readyz").is_ok_and(|(code, _)| code == 200) {
+            if agent.get(probe).is_ok_and(|(code, _)| code == 200) {
                 return Ok(agent);
             }
             if Instant::now() > deadline {

@@ -7,8 +7,10 @@
 //! make: no interface or route of the root namespace is touched.
 
 pub mod agent;
+pub mod apiserver;
 pub mod meter;
 pub mod simnode;
+pub mod truth;
 
 use std::{
     path::{Path, PathBuf},
@@ -120,6 +122,18 @@ impl CgroupTree {
         let p = self.base.join(relative);
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(p)
+    }
+
+    /// Removes one cgroup (and what is below it), ending its processes first.
+    pub fn remove(&self, path: &Path) -> Result<()> {
+        if !path.starts_with(&self.base) {
+            bail!("{} is not below the test cgroup tree", path.display());
+        }
+        remove_cgroup_tree(path);
+        if path.exists() {
+            bail!("could not remove cgroup {}", path.display());
+        }
+        Ok(())
     }
 }
 

@@ -10,32 +10,16 @@ use anyhow::{bail, ensure, Context, Result};
 use netcost_tests::{
     agent::{agent_bin, Agent, Samples},
     serial,
-    simnode::{Family, Offloads, SimNode, CLASSES, DIRECTIONS, TOPOLOGY_YAML},
+    simnode::{Offloads, SimNode, DIRECTIONS, TOPOLOGY_YAML},
+    truth::{compare_with_meters, run_plan, PLAN, TOLERANCE},
 };
 
 const DRAIN: Duration = Duration::from_millis(500);
-const TOLERANCE: f64 = 0.005;
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_nct-traffic");
 
 fn config(extra: &str) -> String {
     format!("drain_interval_seconds: 0.5\nkubernetes: {{ enabled: false }}\n{extra}{TOPOLOGY_YAML}")
 }
-
-/// Known volumes over TCP and UDP, IPv4 and IPv6, both directions; each pod leaves some classes
-/// without traffic, which must stay at exactly zero.
-const PLAN: &[(&str, &str, Family, &[&str])] = &[
-    ("pod1", "same_zone", Family::V4, &["send", "6000000"]),
-    ("pod1", "same_zone", Family::V4, &["recv", "6000000"]),
-    ("pod1", "internet", Family::V6, &["send", "5000000"]),
-    ("pod1", "internet", Family::V4, &["udp", "1500", "1200"]),
-    ("pod2", "cross_zone", Family::V4, &["send", "4000000"]),
-    ("pod2", "cross_zone", Family::V6, &["recv", "4000000"]),
-    ("pod2", "cross_region", Family::V6, &["udp", "1000", "800"]),
-    ("pod2", "cross_region", Family::V4, &["recv", "3000000"]),
-    ("hostpod", "cross_zone", Family::V4, &["send", "5000000"]),
-    ("hostpod", "internet", Family::V4, &["recv", "5000000"]),
-    ("hostpod", "internet", Family::V6, &["udp", "500", "1400"]),
-];
 
 fn bytes(samples: &Samples, uid: &str, class: &str, direction: &str) -> Option<f64> {
     samples.value(
@@ -53,68 +37,15 @@ fn compare_with_truth(offloads: Offloads) -> Result<()> {
     let _serial = serial();
     let node = SimNode::build(TRAFFIC.as_ref(), offloads)?;
     let agent = Agent::start(&format!("{offloads:?}"), &config(""))?;
-    for (pod, class, family, mode) in PLAN {
-        node.transfer(pod, class, *family, mode)?;
-    }
+    run_plan(&node, PLAN)?;
     let samples = agent.settled_metrics(DRAIN)?;
-    let mut report = vec![format!(
-        "offloads {offloads:?}\n{:<8} {:<13} {:<8} {:>12} {:>12} {:>9}",
-        "pod", "class", "dir", "truth", "netcost", "error"
-    )];
-    let mut failures = Vec::new();
-    for pod in &node.pods {
-        let truth = pod.truth()?;
-        for class in CLASSES {
-            let has_traffic = PLAN.iter().any(|(p, c, ..)| *p == pod.name && *c == class);
-            for direction in DIRECTIONS {
-                let t = truth[&(class.to_owned(), direction.to_owned())] as f64;
-                let Some(got) = bytes(&samples, &pod.uid, class, direction) else {
-                    failures.push(format!("{} {class} {direction}: no series", pod.name));
-                    continue;
-                };
-                let err = if t > 0.0 { (got - t) / t } else { 0.0 };
-                report.push(format!(
-                    "{:<8} {:<13} {:<8} {:>12} {:>12} {:>+8.4}%",
-                    pod.name,
-                    class,
-                    direction,
-                    t,
-                    got,
-                    err * 100.0
-                ));
-                if has_traffic {
-                    if t < 1_000.0 || err.abs() > TOLERANCE {
-                        failures.push(format!(
-                            "{} {class} {direction}: netcost {got} vs truth {t} ({:+.3}%)",
-                            pod.name,
-                            err * 100.0
-                        ));
-                    }
-                } else if t != 0.0 || got != 0.0 {
-                    failures.push(format!(
-                        "{} {class} {direction}: expected no traffic, netcost {got}, truth {t}",
-                        pod.name
-                    ));
-                }
-            }
-        }
-        for class in ["unplaced", "unknown"] {
-            for direction in DIRECTIONS {
-                let got = bytes(&samples, &pod.uid, class, direction).unwrap_or(-1.0);
-                if got != 0.0 {
-                    failures.push(format!("{} {class} {direction} = {got}, want 0", pod.name));
-                }
-            }
-        }
-    }
-    let lost = samples.sum("netcost_lost_bytes_total", &[]);
-    if lost != 0.0 {
-        failures.push(format!("lost bytes {lost}"));
-    }
-    eprintln!("{}", report.join("\n"));
+    let by_uid = |name: &str| vec![("pod_uid".to_owned(), node.pod(name).uid.clone())];
+    let active = |pod: &str, class: &str| PLAN.iter().any(|(p, c, ..)| *p == pod && *c == class);
+    let c = compare_with_meters(&node, &samples, &by_uid, &active)?;
+    eprintln!("offloads {offloads:?}\n{}", c.report.join("\n"));
     let log = agent.stop()?;
-    if !failures.is_empty() {
-        bail!("{}\nagent log:\n{log}", failures.join("\n"));
+    if !c.failures.is_empty() {
+        bail!("{}\nagent log:\n{log}", c.failures.join("\n"));
     }
     Ok(())
 }
