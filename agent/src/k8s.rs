@@ -5,9 +5,12 @@
 //! - pods: only this node's, by the server-side field selector `spec.nodeName=<node>`;
 //! - nodes: all of them (their zones place other nodes' addresses and pod CIDRs), or with
 //!   `watch_nodes: false` only our own Node (`metadata.name=<node>`) for our zone;
-//! - initial lists and relists accept the API server's watch cache (`resourceVersion=0`, unpaged:
-//!   kube-rs drops `resourceVersion=0` from paged lists), so a fleet of agents restarting
-//!   together does not hit etcd;
+//! - lists are paged by 100 objects: a Node carries an image list of several KB, and the agent's
+//!   peak memory follows the page (measured with 1,000 nodes: 41 MiB unpaged, 34 MiB at 500,
+//!   22.5 MiB at 100). Unpaged lists could be served from the API server's watch cache
+//!   (`resourceVersion=0`; kube-rs drops it from paged lists), but a relist of a big cluster would
+//!   then cost every agent tens of MB at once; recent API servers serve consistent lists from
+//!   the watch cache anyway (KEP-2340);
 //! - workloads: one GET per ReplicaSet or Job that owns a pod on this node, cached.
 //!
 //! Watches resume from their last resourceVersion with backoff (0.8 s doubling to 30 s) and
@@ -212,11 +215,7 @@ pub async fn watch_pods(
     metrics: Metrics,
 ) {
     let api: Api<Pod> = Api::all(client.clone());
-    let config = unpaged(
-        watcher::Config::default()
-            .fields(&format!("spec.nodeName={node_name}"))
-            .any_semantic(),
-    );
+    let config = paged(watcher::Config::default().fields(&format!("spec.nodeName={node_name}")));
     let mut owners = OwnerResolver::new(client);
     let mut stream = watcher(api, config).default_backoff().boxed();
     let synced = metrics
@@ -283,7 +282,7 @@ pub async fn watch_nodes(
     metrics: Metrics,
 ) {
     let api: Api<Node> = Api::all(client);
-    let mut config = unpaged(watcher::Config::default().any_semantic());
+    let mut config = paged(watcher::Config::default());
     if !all_nodes {
         config = config.fields(&format!("metadata.name={node_name}"));
     }
@@ -374,9 +373,7 @@ pub fn in_cluster() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 
-/// Lists without `limit`: kube-rs sends `resourceVersion=0` (served from the API server's watch
-/// cache) only on unpaged lists.
-fn unpaged(mut config: watcher::Config) -> watcher::Config {
-    config.page_size = None;
-    config
+/// Lists in pages of 100 objects (see the module comment).
+fn paged(config: watcher::Config) -> watcher::Config {
+    config.page_size(100)
 }

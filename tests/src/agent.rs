@@ -97,6 +97,20 @@ impl Agent {
         }
     }
 
+    /// Resident and peak resident memory of the agent process, KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&mut self) -> Result<(u64, u64)> {
+        let pid = self.proc.child().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("{name} missing in /proc/{pid}/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -25,7 +25,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   build   install missing tools, build the agent (release)
   run     build, then run the agent on this machine (Ctrl-C stops it and detaches its programs)
   test    install missing tools, run every test (unit tests, then the root netns tests one at a time)
-  bench   per-packet cost and throughput with and without the agent";
+  bench   per-packet cost and throughput with and without the agent; memory with 250 pods";
 
 fn main() -> Result<()> {
     let mut args = env::args().skip(1);
@@ -42,13 +42,32 @@ fn main() -> Result<()> {
         "bench" => {
             let tools = ensure_tools()?;
             let agent = build_agent(&tools)?;
-            bench::run(&tools, &agent)
+            bench::run(&tools, &agent)?;
+            kube_bench(&tools, &agent)
         }
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown command {command:?}")
         }
     }
+}
+
+/// Memory and API requests with 250 pods and 1,000 nodes in the Kubernetes API double.
+fn kube_bench(tools: &Tools, agent: &Path) -> Result<()> {
+    step("building the Kubernetes bench (API double with 250 pods, 1,000 nodes)");
+    status(tools.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "netcost-tests",
+        "--bin",
+        "nct-kube-bench",
+    ]))?;
+    step("agent memory with 250 pods through pod churn and node updates");
+    status(
+        Command::new(workspace_root().join("target/release/nct-kube-bench"))
+            .env("NETCOST_AGENT_BIN", agent),
+    )
 }
 
 fn workspace_root() -> PathBuf {

@@ -1,0 +1,203 @@
+//! The agent's memory and API traffic with a node of 250 pods in a cluster of 1,000 nodes, from
+//! the Kubernetes API double, through rounds of pod churn and node updates. Run by
+//! `cargo xtask bench` (root: the agent attaches its programs); prints a Markdown table.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{bail, Result};
+use netcost_tests::{
+    agent::Agent,
+    apiserver::{node_json, pod_json, replicaset_json, ApiServer, ApiState},
+};
+use serde_json::json;
+
+const NODE: &str = "ip-10-0-0-1.ec2.internal";
+const NODES: usize = 1000;
+const PODS: usize = 250;
+const OTHER_PODS: usize = 2000;
+const DEPLOYMENTS: usize = 50;
+
+fn zone(i: usize) -> (&'static str, &'static str) {
+    [
+        ("us-east-1a", "use1-az1"),
+        ("us-east-1b", "use1-az2"),
+        ("us-east-1c", "use1-az4"),
+    ][i % 3]
+}
+
+fn add_nodes(state: &ApiState, generation: usize) {
+    for i in 0..NODES {
+        let name = if i == 0 {
+            NODE.to_owned()
+        } else {
+            format!("ip-10-{}-{}-1.ec2.internal", i / 250, i % 250)
+        };
+        let (z, id) = zone(i);
+        let ip = format!("10.{}.{}.1", i / 250, i % 250);
+        let cidr = format!("100.{}.{}.0/24", 64 + i / 250, i % 250);
+        let mut node = node_json(&name, z, "us-east-1", id, &ip, &[&cidr]);
+        // What makes real Node objects big: the image list (and a heartbeat-like change).
+        node["status"]["images"] = (0..50)
+            .map(|k| json!({"names": [format!("registry.example/team-{k}/service@sha256:{:064x}", k * 7919 + i)], "sizeBytes": 50_000_000 + k}))
+            .collect();
+        node["metadata"]["annotations"] = json!({"bench/generation": generation.to_string()});
+        state.apply("/api/v1", "nodes", node);
+    }
+}
+
+fn our_pod(round: usize, i: usize) -> serde_json::Value {
+    let d = i % DEPLOYMENTS;
+    let name = format!("svc-{d}-5f7c9-r{round}p{i}");
+    let uid = format!("{:08x}-0000-4000-8000-{:012x}", round, i);
+    let ip = format!("100.64.{}.{}", i / 200, i % 200 + 2);
+    let mut p = pod_json(
+        &format!("team-{}", d % 25),
+        &name,
+        &uid,
+        NODE,
+        &[&ip],
+        Some(("ReplicaSet", &format!("svc-{d}-5f7c9"))),
+        false,
+    );
+    p["metadata"]["labels"]["pod-template-hash"] = "5f7c9".into();
+    p
+}
+
+fn wait_until(
+    agent: &Agent,
+    what: &str,
+    mut ok: impl FnMut(&netcost_tests::agent::Samples) -> bool,
+) -> Result<()> {
+    for _ in 0..600 {
+        if let Ok(s) = agent.metrics() {
+            if ok(&s) {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn main() -> Result<()> {
+    let rounds: usize = std::env::var("NETCOST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let state = Arc::new(ApiState::new());
+    add_nodes(&state, 0);
+    for d in 0..DEPLOYMENTS {
+        state.apply(
+            "/apis/apps/v1",
+            "replicasets",
+            replicaset_json(
+                &format!("team-{}", d % 25),
+                &format!("svc-{d}-5f7c9"),
+                &format!("svc-{d}"),
+            ),
+        );
+    }
+    for i in 0..OTHER_PODS {
+        let node = format!(
+            "ip-10-{}-{}-1.ec2.internal",
+            (i % (NODES - 1) + 1) / 250,
+            (i % (NODES - 1) + 1) % 250
+        );
+        state.apply(
+            "/api/v1",
+            "pods",
+            pod_json(
+                "elsewhere",
+                &format!("other-{i}"),
+                "",
+                &node,
+                &[&format!("100.65.{}.{}", i / 200, i % 200 + 2)],
+                None,
+                false,
+            ),
+        );
+    }
+    for i in 0..PODS {
+        state.apply("/api/v1", "pods", our_pod(0, i));
+    }
+    let api = ApiServer::start(state.clone())?;
+    let config = format!(
+        "drain_interval_seconds: 1\nseries_grace_seconds: 1\nkubernetes:\n  enabled: true\n  api_server: \"{}\"\n  node_name: {NODE}\n",
+        api.url()
+    );
+    let mut agent = Agent::start("kube-bench", &config)?;
+    let settled = |want_nodes: usize| {
+        move |s: &netcost_tests::agent::Samples| {
+            s.value("netcost_kubernetes_objects", &[("resource", "pods")]) == Some(PODS as f64)
+                && s.value("netcost_kubernetes_objects", &[("resource", "nodes")])
+                    == Some(want_nodes as f64)
+                && s.value("netcost_pods_with_series", &[]) == Some(PODS as f64)
+        }
+    };
+    wait_until(&agent, "the first sync", settled(NODES))?;
+    std::thread::sleep(Duration::from_secs(2));
+    println!("\n| phase | pods on this node | nodes | pods with series | series exposed | RSS | peak RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    let report = |agent: &mut Agent, phase: &str| -> Result<()> {
+        let (rss, hwm) = agent.memory_kib()?;
+        let (_, body) = agent.get("/metrics")?;
+        let series = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
+        println!(
+            "| {phase} | {PODS} | {NODES} | {PODS} | {series} | {:.1} MiB | {:.1} MiB |",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+        Ok(())
+    };
+    report(&mut agent, "synced")?;
+    for round in 1..=rounds {
+        for i in 0..PODS {
+            let old = our_pod(round - 1, i);
+            state.delete(
+                "/api/v1",
+                "pods",
+                old["metadata"]["namespace"].as_str().unwrap_or_default(),
+                old["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            state.apply("/api/v1", "pods", our_pod(round, i));
+        }
+        add_nodes(&state, round);
+        wait_until(&agent, "churn to settle", settled(NODES))?;
+        std::thread::sleep(Duration::from_secs(2));
+        report(
+            &mut agent,
+            &format!("after churn round {round} (250 pods replaced, 1,000 nodes updated)"),
+        )?;
+    }
+    let requests = state.requests();
+    let count = |f: &dyn Fn(&netcost_tests::apiserver::RequestRecord) -> bool| {
+        requests.iter().filter(|r| f(r)).count()
+    };
+    println!("\n| API requests by the agent over the whole run | count |\n|---|---|");
+    println!(
+        "| pod lists (fieldSelector spec.nodeName) | {} |",
+        count(&|r| r.path.ends_with("/pods") && !r.watch)
+    );
+    println!(
+        "| pod watches | {} |",
+        count(&|r| r.path.ends_with("/pods") && r.watch)
+    );
+    println!(
+        "| node lists | {} |",
+        count(&|r| r.path.ends_with("/nodes") && !r.watch)
+    );
+    println!(
+        "| node watches | {} |",
+        count(&|r| r.path.ends_with("/nodes") && r.watch)
+    );
+    println!(
+        "| ReplicaSet GETs ({DEPLOYMENTS} owners, {} pods seen) | {} |",
+        PODS * (rounds + 1),
+        count(&|r| r.path.contains("/replicasets/"))
+    );
+    agent.stop()?;
+    Ok(())
+}
