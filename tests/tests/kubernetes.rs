@@ -357,11 +357,21 @@ fn assert_within_rbac(state: &ApiState) -> Result<()> {
     let mut used = std::collections::BTreeSet::new();
     for r in state.requests() {
         let p = permission(&r)?;
-        ensure!(granted.contains(&p), "request {} {}?{} needs {p:?}, which the ClusterRole does not grant", r.method, r.path, r.query);
+        ensure!(
+            granted.contains(&p),
+            "request {} {}?{} needs {p:?}, which the ClusterRole does not grant",
+            r.method,
+            r.path,
+            r.query
+        );
         used.insert(p);
     }
     eprintln!("RBAC used: {used:?}");
-    ensure!(used == granted, "the ClusterRole grants more than the agent used: {:?}", granted.difference(&used).collect::<Vec<_>>());
+    ensure!(
+        used == granted,
+        "the ClusterRole grants more than the agent used: {:?}",
+        granted.difference(&used).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
