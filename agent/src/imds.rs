@@ -1,7 +1,10 @@
 //! Our own zone and region from EC2 instance metadata (IMDSv2: a session token from a PUT, then
 //! GETs that carry it). Used when neither the config nor our Node object says where we are.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
@@ -11,7 +14,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use crate::topology::Place;
+use crate::{config::ImdsConfig, topology::Place};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
@@ -125,6 +128,26 @@ pub async fn placement(endpoint: &str, timeout: Duration) -> Result<Place, ImdsE
         zone_id,
         region: Some(region),
     })
+}
+
+/// Fetches our placement into `place`, retrying with backoff (1 s doubling to 60 s) until IMDS
+/// answers; meanwhile bytes to private addresses are held by the pipeline.
+pub async fn fill_place(config: ImdsConfig, place: Arc<RwLock<Place>>) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match placement(&config.endpoint, config.timeout).await {
+            Ok(p) => {
+                tracing::info!(zone = ?p.zone, zone_id = ?p.zone_id, region = ?p.region, "placement from instance metadata");
+                *place.write().unwrap_or_else(PoisonError::into_inner) = p;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "instance metadata unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

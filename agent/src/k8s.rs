@@ -36,13 +36,16 @@ use kube::{
     runtime::{watcher, WatchStreamExt as _},
     Client, ResourceExt as _,
 };
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use crate::{
     config::KubernetesConfig,
     inventory::{
-        controller_of, direct_workload, node_meta, pod_meta, OwnerRef, SharedInventory, Workload,
+        controller_of, direct_workload, node_meta, pod_meta, Inventory, OwnerRef, SharedInventory,
+        Workload,
     },
     metrics::{Metrics, ResourceLabels},
+    pipeline::KubeView,
 };
 
 /// A watch counts as current again when no error came for this long (longer than the longest
@@ -128,6 +131,45 @@ pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {
     Client::try_from(kube_config).context("building the Kubernetes client")
 }
 
+/// Starts the pod and node watches for this node; returns what attribution reads and what
+/// `/readyz` reports.
+pub async fn start(
+    config: &KubernetesConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<(KubeView, Arc<KubeHealth>)> {
+    use anyhow::Context as _;
+    let node_name = config
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .context("kubernetes is enabled but this node's name is unknown: set NODE_NAME (downward API spec.nodeName) or kubernetes.node_name")?;
+    let client = client(config).await?;
+    let inventory = Inventory::shared();
+    let health = Arc::new(KubeHealth::default());
+    tokio::spawn(watch_pods(
+        client.clone(),
+        node_name.clone(),
+        inventory.clone(),
+        health.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(watch_nodes(
+        client,
+        node_name.clone(),
+        config.watch_nodes,
+        inventory.clone(),
+        health.clone(),
+        metrics.clone(),
+    ));
+    tracing::info!(node = %node_name, api = ?config.api_server, all_nodes = config.watch_nodes, "watching this node's pods and the nodes");
+    let view = KubeView {
+        inventory,
+        node_name,
+        watch_nodes: config.watch_nodes,
+    };
+    Ok((view, health))
+}
+
 /// Resolves a pod's controller to its workload: a ReplicaSet to its Deployment, a Job to its
 /// CronJob. Answers are cached per owner, so one node asks once per ReplicaSet or Job.
 pub struct OwnerResolver {
@@ -202,8 +244,60 @@ impl OwnerResolver {
     }
 }
 
-fn labels(resource: &'static str) -> ResourceLabels {
-    ResourceLabels { resource }
+/// The bookkeeping every watch loop shares: health, the `netcost_kubernetes_*` metrics of its
+/// resource, and rate-limited error logs.
+struct WatchLoop<'a> {
+    resource: &'static str,
+    health: &'a WatchHealth,
+    synced: Gauge,
+    objects: Gauge,
+    errors: Counter,
+    last_error_log: Option<Instant>,
+}
+
+impl<'a> WatchLoop<'a> {
+    fn new(resource: &'static str, health: &'a WatchHealth, metrics: &Metrics) -> Self {
+        let labels = ResourceLabels { resource };
+        WatchLoop {
+            resource,
+            health,
+            synced: metrics.kubernetes_synced.get_or_create(&labels).clone(),
+            objects: metrics.kubernetes_objects.get_or_create(&labels).clone(),
+            errors: metrics
+                .kubernetes_watch_errors
+                .get_or_create(&labels)
+                .clone(),
+            last_error_log: None,
+        }
+    }
+
+    /// The event to apply, or `None` after recording an error (the watcher retries by itself).
+    fn accept<K>(
+        &mut self,
+        item: Result<watcher::Event<K>, watcher::Error>,
+    ) -> Option<watcher::Event<K>> {
+        match item {
+            Ok(event) => {
+                self.health.event();
+                Some(event)
+            }
+            Err(e) => {
+                self.errors.inc();
+                self.health.error();
+                self.synced.set(0);
+                log_watch_error(self.resource, &e, &mut self.last_error_log);
+                None
+            }
+        }
+    }
+
+    /// After an event was applied: the inventory now holds `count` objects of this resource.
+    fn applied(&self, count: usize) {
+        if self.health.synced() {
+            self.synced.set(1);
+        }
+        self.objects.set(count as i64);
+    }
 }
 
 /// Watches this node's pods into the inventory until the process ends.
@@ -218,31 +312,11 @@ pub async fn watch_pods(
     let config = paged(watcher::Config::default().fields(&format!("spec.nodeName={node_name}")));
     let mut owners = OwnerResolver::new(client);
     let mut stream = watcher(api, config).default_backoff().boxed();
-    let synced = metrics
-        .kubernetes_synced
-        .get_or_create(&labels("pods"))
-        .clone();
-    let objects = metrics
-        .kubernetes_objects
-        .get_or_create(&labels("pods"))
-        .clone();
-    let errors = metrics
-        .kubernetes_watch_errors
-        .get_or_create(&labels("pods"))
-        .clone();
-    let mut last_error_log: Option<Instant> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                errors.inc();
-                health.pods.error();
-                synced.set(0);
-                log_watch_error("pods", &e, &mut last_error_log);
-                continue;
-            }
+    let mut state = WatchLoop::new("pods", &health.pods, &metrics);
+    while let Some(item) = stream.next().await {
+        let Some(event) = state.accept(item) else {
+            continue;
         };
-        health.pods.event();
         match event {
             watcher::Event::Init => write(&inventory).pods_init(),
             watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
@@ -262,13 +336,10 @@ pub async fn watch_pods(
             watcher::Event::InitDone => {
                 write(&inventory).pods_init_done();
                 health.pods.listed();
-                tracing::info!(node = %node_name, pods = read_count(&inventory, true), "pod inventory synced");
+                tracing::info!(node = %node_name, pods = read(&inventory).pod_count(), "pod inventory synced");
             }
         }
-        if health.pods.synced() {
-            synced.set(1);
-        }
-        objects.set(read_count(&inventory, true) as i64);
+        state.applied(read(&inventory).pod_count());
     }
 }
 
@@ -287,31 +358,11 @@ pub async fn watch_nodes(
         config = config.fields(&format!("metadata.name={node_name}"));
     }
     let mut stream = watcher(api, config).default_backoff().boxed();
-    let synced = metrics
-        .kubernetes_synced
-        .get_or_create(&labels("nodes"))
-        .clone();
-    let objects = metrics
-        .kubernetes_objects
-        .get_or_create(&labels("nodes"))
-        .clone();
-    let errors = metrics
-        .kubernetes_watch_errors
-        .get_or_create(&labels("nodes"))
-        .clone();
-    let mut last_error_log: Option<Instant> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                errors.inc();
-                health.nodes.error();
-                synced.set(0);
-                log_watch_error("nodes", &e, &mut last_error_log);
-                continue;
-            }
+    let mut state = WatchLoop::new("nodes", &health.nodes, &metrics);
+    while let Some(item) = stream.next().await {
+        let Some(event) = state.accept(item) else {
+            continue;
         };
-        health.nodes.event();
         match event {
             watcher::Event::Init => write(&inventory).nodes_init(),
             watcher::Event::InitApply(node) | watcher::Event::Apply(node) => {
@@ -328,7 +379,7 @@ pub async fn watch_nodes(
             watcher::Event::InitDone => {
                 write(&inventory).nodes_init_done();
                 health.nodes.listed();
-                let inv = inventory.read().unwrap_or_else(PoisonError::into_inner);
+                let inv = read(&inventory);
                 tracing::info!(
                     nodes = inv.node_count(),
                     own_node_found = inv.node(&node_name).is_some(),
@@ -336,26 +387,16 @@ pub async fn watch_nodes(
                 );
             }
         }
-        if health.nodes.synced() {
-            synced.set(1);
-        }
-        objects.set(read_count(&inventory, false) as i64);
+        state.applied(read(&inventory).node_count());
     }
 }
 
-fn write(
-    inventory: &SharedInventory,
-) -> std::sync::RwLockWriteGuard<'_, crate::inventory::Inventory> {
+fn write(inventory: &SharedInventory) -> std::sync::RwLockWriteGuard<'_, Inventory> {
     inventory.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn read_count(inventory: &SharedInventory, pods: bool) -> usize {
-    let inv = inventory.read().unwrap_or_else(PoisonError::into_inner);
-    if pods {
-        inv.pod_count()
-    } else {
-        inv.node_count()
-    }
+fn read(inventory: &SharedInventory) -> std::sync::RwLockReadGuard<'_, Inventory> {
+    inventory.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One warning per resource per 30 s while the API is unreachable, the rest at debug.

@@ -9,12 +9,9 @@ use agent::{
     config::{CgroupRoot, Config},
     drain::Drainer,
     identity::{find_cgroup2_mount, CgroupResolver},
-    imds,
-    inventory::Inventory,
-    k8s::{self, KubeHealth},
-    kernel,
+    imds, k8s, kernel,
     metrics::{MapLabels, Metrics},
-    pipeline::{KubeView, Pipeline, PipelineOptions},
+    pipeline::{Pipeline, PipelineOptions},
     server::{self, Health},
     topology::Place,
 };
@@ -129,67 +126,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // background (bytes to private addresses are held until a place is known).
     let fallback_place = Arc::new(std::sync::RwLock::new(Place::default()));
     if config.imds.enabled {
-        let imds = config.imds.clone();
-        let place = fallback_place.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_secs(1);
-            loop {
-                match imds::placement(&imds.endpoint, imds.timeout).await {
-                    Ok(p) => {
-                        tracing::info!(zone = ?p.zone, zone_id = ?p.zone_id, region = ?p.region, "placement from instance metadata");
-                        *place
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = p;
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "instance metadata unavailable; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(60));
-                    }
-                }
-            }
-        });
+        tokio::spawn(imds::fill_place(
+            config.imds.clone(),
+            fallback_place.clone(),
+        ));
     }
 
-    let kube_enabled = config.kubernetes.enabled(k8s::in_cluster());
-    let mut kube_view = None;
-    let mut kube_health = None;
-    if kube_enabled {
-        let node_name = config
-            .kubernetes
-            .node_name
-            .clone()
-            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
-            .context("kubernetes is enabled but this node's name is unknown: set NODE_NAME (downward API spec.nodeName) or kubernetes.node_name")?;
-        let client = k8s::client(&config.kubernetes).await?;
-        let inventory = Inventory::shared();
-        let health = Arc::new(KubeHealth::default());
-        tokio::spawn(k8s::watch_pods(
-            client.clone(),
-            node_name.clone(),
-            inventory.clone(),
-            health.clone(),
-            metrics.clone(),
-        ));
-        tokio::spawn(k8s::watch_nodes(
-            client,
-            node_name.clone(),
-            config.kubernetes.watch_nodes,
-            inventory.clone(),
-            health.clone(),
-            metrics.clone(),
-        ));
-        tracing::info!(node = %node_name, api = ?config.kubernetes.api_server, all_nodes = config.kubernetes.watch_nodes, "watching this node's pods and the nodes");
-        kube_view = Some(KubeView {
-            inventory,
-            node_name,
-            watch_nodes: config.kubernetes.watch_nodes,
-        });
-        kube_health = Some(health);
+    let (kube_view, kube_health) = if config.kubernetes.enabled(k8s::in_cluster()) {
+        let (view, health) = k8s::start(&config.kubernetes, &metrics).await?;
+        (Some(view), Some(health))
     } else {
         tracing::info!("kubernetes disabled: pods are named by the UID in their cgroup path only");
-    }
+        (None, None)
+    };
     let health = Arc::new(Health::new(
         config.drain_interval * 3 + Duration::from_secs(5),
         kube_health,

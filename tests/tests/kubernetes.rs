@@ -10,7 +10,10 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use netcost_tests::{
     agent::{Agent, Samples},
-    apiserver::{ApiServer, ApiState, RequestRecord, ServerOptions},
+    apiserver::{
+        job_json, node_json, pod_json, replicaset_json, ApiServer, ApiState, RequestRecord,
+        ServerOptions,
+    },
     serial,
     simnode::{Family, Offloads, SimNode},
     truth::{compare_with_meters, run_plan, Transfer, PLAN, TOLERANCE},
@@ -28,76 +31,35 @@ fn config(api: &str, extra: &str) -> String {
     )
 }
 
-fn node_json(
+/// A Node with an IPv4 and IPv6 InternalIP, and an image list like real Nodes carry (tens of
+/// KB that the agent must not keep).
+fn dual_stack_node(
     name: &str,
     zone: &str,
     zone_id: &str,
     region: &str,
-    ips: &[&str],
-    cidrs: &[&str],
+    ips: [&str; 2],
+    cidrs: [&str; 2],
 ) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "topology.kubernetes.io/zone": zone,
-            "topology.kubernetes.io/region": region,
-            "topology.k8s.aws/zone-id": zone_id,
-            "kubernetes.io/hostname": name,
-        }},
-        "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
-        "status": {
-            "addresses": ips.iter().map(|ip| json!({"type": "InternalIP", "address": ip}))
-                .chain([json!({"type": "Hostname", "address": name})]).collect::<Vec<_>>(),
-            // Real Nodes carry an image list of tens of KB; the agent must not keep it.
-            "images": (0..50).map(|i| json!({"names": [format!("registry.example/img-{i}@sha256:{:064}", i)], "sizeBytes": 1000 + i})).collect::<Vec<_>>(),
-        }
-    })
-}
-
-struct PodSpec<'a> {
-    namespace: &'a str,
-    name: &'a str,
-    uid: &'a str,
-    node: &'a str,
-    ips: &'a [&'a str],
-    owner: Option<(&'a str, &'a str)>,
-    host_network: bool,
-    labels: Value,
-}
-
-fn pod_json(p: &PodSpec) -> Value {
-    let mut meta =
-        json!({"namespace": p.namespace, "name": p.name, "uid": p.uid, "labels": p.labels});
-    if let Some((kind, name)) = p.owner {
-        let api = match kind {
-            "ReplicaSet" | "DaemonSet" | "StatefulSet" => "apps/v1",
-            _ => "batch/v1",
-        };
-        meta["ownerReferences"] = json!([{
-            "apiVersion": api, "kind": kind, "name": name, "uid": format!("owner-{name}"),
-            "controller": true, "blockOwnerDeletion": true
-        }]);
+    let mut node = node_json(name, zone, region, zone_id, ips[0], &cidrs);
+    if let Some(addresses) = node["status"]["addresses"].as_array_mut() {
+        addresses.push(json!({"type": "InternalIP", "address": ips[1]}));
     }
-    json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": meta,
-        "spec": {"nodeName": p.node, "hostNetwork": p.host_network,
-                 "containers": [{"name": "main", "image": "registry.example/app:1"}]},
-        "status": {"phase": "Running", "podIP": p.ips[0],
-                   "podIPs": p.ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
-                   "containerStatuses": [{"name": "main", "ready": true, "restartCount": 0,
-                       "image": "registry.example/app:1", "imageID": "",
-                       "containerID": "containerd://c0ffee", "started": true}]}
-    })
+    node["status"]["images"] = (0..50)
+        .map(|i| json!({"names": [format!("registry.example/img-{i}@sha256:{i:064}")], "sizeBytes": 1000 + i}))
+        .collect();
+    node
 }
 
-fn owned(api: &str, kind: &str, ns: &str, name: &str, owner_kind: &str, owner: &str) -> Value {
-    json!({
-        "apiVersion": api, "kind": kind,
-        "metadata": {"namespace": ns, "name": name, "uid": format!("owner-{name}"),
-            "ownerReferences": [{"apiVersion": if owner_kind == "Deployment" {"apps/v1"} else {"batch/v1"},
-                "kind": owner_kind, "name": owner, "uid": format!("owner-{owner}"), "controller": true}]},
-        "spec": {}
-    })
+/// `pod` with an extra label (the Deployment's `pod-template-hash`, a Job's `job-name`) and a
+/// container status with a runtime id, as a running pod has.
+fn with_container(mut pod: Value, label: Option<(&str, &str)>) -> Value {
+    if let Some((k, v)) = label {
+        pod["metadata"]["labels"][k] = v.into();
+    }
+    pod["status"]["containerStatuses"] = json!([{"name": "main", "ready": true, "restartCount": 0,
+        "image": "registry.example/app:1", "imageID": "", "containerID": "containerd://c0ffee", "started": true}]);
+    pod
 }
 
 /// The pods of the simulated node as the API knows them: (pod name in SimNode, namespace, API
@@ -131,134 +93,116 @@ fn names(pod: &str) -> (&'static str, &'static str, &'static str, &'static str) 
 /// Nodes in three zones of us-east-1 and one in eu-west-1, the node's pods, their owners, and
 /// a pod on another node that must never show up here.
 fn cluster(node: &SimNode, state: &ApiState, with: &[&str]) {
-    state.apply(
-        "/api/v1",
-        "nodes",
-        node_json(
+    for n in [
+        dual_stack_node(
             NODE,
             "us-east-1a",
             "use1-az1",
             "us-east-1",
-            &["10.0.0.1", "fd00::1"],
-            &["10.0.1.0/24", "fd00:0:1::/64"],
+            ["10.0.0.1", "fd00::1"],
+            ["10.0.1.0/24", "fd00:0:1::/64"],
         ),
-    );
-    // Another AWS account's name for our zone: the zone ID says it is the same place.
-    state.apply(
-        "/api/v1",
-        "nodes",
-        node_json(
+        // Another AWS account's name for our zone: the zone ID says it is the same place.
+        dual_stack_node(
             "ip-10-0-2-10.ec2.internal",
             "us-east-1c",
             "use1-az1",
             "us-east-1",
-            &["10.0.2.10", "fd00:0:2::10"],
-            &["10.0.2.0/24", "fd00:0:2::/64"],
+            ["10.0.2.10", "fd00:0:2::10"],
+            ["10.0.2.0/24", "fd00:0:2::/64"],
         ),
-    );
-    state.apply(
-        "/api/v1",
-        "nodes",
-        node_json(
+        dual_stack_node(
             "ip-10-0-16-10.ec2.internal",
             "us-east-1b",
             "use1-az2",
             "us-east-1",
-            &["10.0.16.10", "fd00:0:16::10"],
-            &["10.0.16.0/24", "fd00:0:16::/64"],
+            ["10.0.16.10", "fd00:0:16::10"],
+            ["10.0.16.0/24", "fd00:0:16::/64"],
         ),
-    );
-    state.apply(
-        "/api/v1",
-        "nodes",
-        node_json(
+        dual_stack_node(
             "ip-10-1-0-10.eu-west-1.compute.internal",
             "eu-west-1a",
             "euw1-az1",
             "eu-west-1",
-            &["10.1.0.10", "fd00:1:0::10"],
-            &["10.1.0.0/24", "fd00:1:0::/64"],
+            ["10.1.0.10", "fd00:1:0::10"],
+            ["10.1.0.0/24", "fd00:1:0::/64"],
         ),
-    );
+    ] {
+        state.apply("/api/v1", "nodes", n);
+    }
     state.apply(
         "/apis/apps/v1",
         "replicasets",
-        owned(
-            "apps/v1",
-            "ReplicaSet",
-            "shop",
-            "cart-7d9f8c",
-            "Deployment",
-            "cart",
-        ),
+        replicaset_json("shop", "cart-7d9f8c", "cart"),
     );
     state.apply(
         "/apis/batch/v1",
         "jobs",
-        owned(
-            "batch/v1",
-            "Job",
-            "reports",
-            "report-28912345",
-            "CronJob",
-            "report",
-        ),
+        job_json("reports", "report-28912345", "report"),
     );
     state.apply(
         "/api/v1",
         "pods",
-        pod_json(&PodSpec {
-            namespace: "shop",
-            name: "cart-7d9f8c-remote",
-            uid: "99999999-0000-4000-8000-000000000001",
-            node: "ip-10-0-16-10.ec2.internal",
-            ips: &["10.0.16.77"],
-            owner: Some(("ReplicaSet", "cart-7d9f8c")),
-            host_network: false,
-            labels: json!({"pod-template-hash": "7d9f8c"}),
-        }),
+        with_container(
+            pod_json(
+                "shop",
+                "cart-7d9f8c-remote",
+                "99999999-0000-4000-8000-000000000001",
+                "ip-10-0-16-10.ec2.internal",
+                &["10.0.16.77"],
+                Some(("ReplicaSet", "cart-7d9f8c")),
+                false,
+            ),
+            Some(("pod-template-hash", "7d9f8c")),
+        ),
     );
     for pod in with {
         add_pod(node, state, pod);
     }
 }
 
-fn add_pod(node: &SimNode, state: &ApiState, pod: &str) {
-    let (ns, name, ..) = names(pod);
-    let uid = node.pod(pod).uid.clone();
-    let spec = match pod {
-        "pod1" => PodSpec {
-            namespace: ns,
-            name,
-            uid: &uid,
-            node: NODE,
-            ips: &["10.0.1.11", "fd00:0:1::11"],
-            owner: Some(("ReplicaSet", "cart-7d9f8c")),
-            host_network: false,
-            labels: json!({"pod-template-hash": "7d9f8c"}),
-        },
-        "pod2" => PodSpec {
-            namespace: ns,
-            name,
-            uid: &uid,
-            node: NODE,
-            ips: &["10.0.1.12", "fd00:0:1::12"],
-            owner: Some(("Job", "report-28912345")),
-            host_network: false,
-            labels: json!({"job-name": "report-28912345"}),
-        },
-        _ => PodSpec {
-            namespace: ns,
-            name,
-            uid: &uid,
-            node: NODE,
-            ips: &["10.0.0.1", "fd00::1"],
-            owner: Some(("DaemonSet", "node-exporter")),
-            host_network: true,
-            labels: json!({}),
-        },
+fn add_pod(node: &SimNode, state: &ApiState, name: &str) {
+    let (ns, api_name, ..) = names(name);
+    let uid = node.pod(name).uid.clone();
+    let object = match name {
+        "pod1" => with_container(
+            pod_json(
+                ns,
+                api_name,
+                &uid,
+                NODE,
+                &["10.0.1.11", "fd00:0:1::11"],
+                Some(("ReplicaSet", "cart-7d9f8c")),
+                false,
+            ),
+            Some(("pod-template-hash", "7d9f8c")),
+        ),
+        "pod2" => with_container(
+            pod_json(
+                ns,
+                api_name,
+                &uid,
+                NODE,
+                &["10.0.1.12", "fd00:0:1::12"],
+                Some(("Job", "report-28912345")),
+                false,
+            ),
+            Some(("job-name", "report-28912345")),
+        ),
+        _ => with_container(
+            pod_json(
+                ns,
+                api_name,
+                &uid,
+                NODE,
+                &["10.0.0.1", "fd00::1"],
+                Some(("DaemonSet", "node-exporter")),
+                true,
+            ),
+            None,
+        ),
     };
-    state.apply("/api/v1", "pods", pod_json(&spec));
+    state.apply("/api/v1", "pods", object);
 }
 
 fn by_name(pod: &str) -> Vec<(String, String)> {
@@ -561,16 +505,18 @@ fn deleted_pods_linger_for_the_grace_period_and_reused_ips_count_for_the_new_pod
     state.apply(
         "/api/v1",
         "pods",
-        pod_json(&PodSpec {
-            namespace: "shop",
-            name: "cart-7d9f8c-n3wpd",
-            uid: new_uid,
-            node: NODE,
-            ips: &["10.0.1.11", "fd00:0:1::11"],
-            owner: Some(("ReplicaSet", "cart-7d9f8c")),
-            host_network: false,
-            labels: json!({"pod-template-hash": "7d9f8c"}),
-        }),
+        with_container(
+            pod_json(
+                "shop",
+                "cart-7d9f8c-n3wpd",
+                new_uid,
+                NODE,
+                &["10.0.1.11", "fd00:0:1::11"],
+                Some(("ReplicaSet", "cart-7d9f8c")),
+                false,
+            ),
+            Some(("pod-template-hash", "7d9f8c")),
+        ),
     );
     node.transfer("pod1", "internet", Family::V4, &["send", "3000000"])?;
     std::thread::sleep(DRAIN * 4);
