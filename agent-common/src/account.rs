@@ -19,6 +19,23 @@ pub trait CounterMap<K> {
     fn insert_new(&self, key: &K, value: &Counter) -> Result<(), i64>;
 }
 
+/// The remote addresses whose flows are counted per connection: addresses NAT rewrites (Service
+/// addresses, the node's own addresses that SNAT uses). The kernel asks the `TRANSLATED` trie,
+/// once per entry written to a map rather than per packet.
+pub trait Translated {
+    fn contains(&self, key: &FlowKey) -> bool;
+}
+
+/// The key a packet is stored under: per connection only when the remote is translated.
+#[inline(always)]
+pub fn storage_key<T: Translated>(translated: &T, key: &FlowKey) -> FlowKey {
+    if key.is_connection() && !translated.contains(key) {
+        key.per_remote()
+    } else {
+        *key
+    }
+}
+
 /// The last resort: a slot per direction that always exists.
 pub trait LostCounter {
     fn add(&self, direction: u8, bytes: u64, packets: u64);
@@ -46,11 +63,18 @@ fn add_or_insert<K, M: CounterMap<K>>(map: &M, key: &K, bytes: u64, packets: u64
     }
 }
 
+/// Where a packet's bytes can go, in order: its flow, its identity's overflow entry, `LOST`; and
+/// which remotes are kept per connection.
+pub struct Stores<'a, F, O, L, T> {
+    pub flows: &'a F,
+    pub overflow: &'a O,
+    pub lost: &'a L,
+    pub translated: &'a T,
+}
+
 #[inline(always)]
-pub fn account<F, O, L>(
-    flows: &F,
-    overflow: &O,
-    lost: &L,
+pub fn account<F, O, L, T>(
+    stores: &Stores<'_, F, O, L, T>,
     key: &FlowKey,
     bytes: u64,
     packets: u64,
@@ -59,7 +83,15 @@ where
     F: CounterMap<FlowKey>,
     O: CounterMap<OverflowKey>,
     L: LostCounter,
+    T: Translated,
 {
+    let Stores {
+        flows,
+        overflow,
+        lost,
+        translated,
+    } = *stores;
+    let key = &storage_key(translated, key);
     if add_or_insert(flows, key, bytes, packets) {
         return Landed::Flow;
     }
@@ -77,13 +109,12 @@ where
 
 /// Counts through this CPU's write-combining slot: same key as the slot → add to it; otherwise
 /// flush the slot into the maps and take its place. A run nested inside another on the same CPU
-/// (slot busy) or without a slot goes straight to the maps.
+/// (slot busy) or without a slot goes straight to the maps. The slot compares whole connection
+/// keys; whether a key is kept per connection is decided only when it is written to a map.
 #[inline(always)]
-pub fn account_via_cache<F, O, L>(
+pub fn account_via_cache<F, O, L, T>(
     slot: Option<&mut CacheEntry>,
-    flows: &F,
-    overflow: &O,
-    lost: &L,
+    stores: &Stores<'_, F, O, L, T>,
     key: &FlowKey,
     bytes: u64,
     packets: u64,
@@ -92,15 +123,16 @@ where
     F: CounterMap<FlowKey>,
     O: CounterMap<OverflowKey>,
     L: LostCounter,
+    T: Translated,
 {
     let Some(slot) = slot else {
-        return account(flows, overflow, lost, key, bytes, packets);
+        return account(stores, key, bytes, packets);
     };
     // SAFETY (both volatile accesses): `slot` is a valid, exclusive reference. Volatile keeps the
     // flag's store before and after the slot's updates in program order, which is what a nested
     // run on this CPU observes.
     if unsafe { core::ptr::read_volatile(&slot.busy) } != 0 {
-        return account(flows, overflow, lost, key, bytes, packets);
+        return account(stores, key, bytes, packets);
     }
     unsafe { core::ptr::write_volatile(&mut slot.busy, 1) };
     if slot.counter.packets != 0 && slot.key == *key {
@@ -108,7 +140,7 @@ where
     } else {
         if slot.counter.packets != 0 {
             let old = slot.counter;
-            account(flows, overflow, lost, &slot.key, old.bytes, old.packets);
+            account(stores, &slot.key, old.bytes, old.packets);
         }
         slot.key = *key;
         slot.counter = Counter { bytes, packets };
@@ -183,6 +215,85 @@ mod tests {
         }
     }
 
+    fn st<'a, T>(
+        flows: &'a BoundedMap<FlowKey>,
+        overflow: &'a BoundedMap<OverflowKey>,
+        lost: &'a Lost,
+        translated: &'a T,
+    ) -> Stores<'a, BoundedMap<FlowKey>, BoundedMap<OverflowKey>, Lost, T> {
+        Stores {
+            flows,
+            overflow,
+            lost,
+            translated,
+        }
+    }
+
+    /// No remote is translated: every key is stored per remote.
+    struct Nothing;
+    impl Translated for Nothing {
+        fn contains(&self, _: &FlowKey) -> bool {
+            false
+        }
+    }
+
+    /// Remotes translated when their last octet is in the set.
+    struct LastOctets(&'static [u8]);
+    impl Translated for LastOctets {
+        fn contains(&self, key: &FlowKey) -> bool {
+            self.0.contains(&key.remote_octets()[3])
+        }
+    }
+
+    fn connection(last_octet: u8, local_port: u16) -> FlowKey {
+        let mut k = key(1, last_octet, DIRECTION_EGRESS);
+        k.local = [u32::from_ne_bytes([10, 0, 1, 2]), 0, 0, 0];
+        k.local_port = local_port.to_be();
+        k.remote_port = 80u16.to_be();
+        k.protocol = 6;
+        k
+    }
+
+    #[test]
+    fn only_translated_remotes_are_stored_per_connection() {
+        let flows = BoundedMap::new(16);
+        let overflow = BoundedMap::new(1);
+        let lost = Lost::default();
+        let translated = LastOctets(&[10]);
+        let mut slot = CacheEntry::default();
+        // Two connections to a Service address and two to a plain remote, interleaved.
+        for port in [40_000u16, 40_001, 40_000, 40_001] {
+            for (remote, bytes) in [(10u8, 100u64), (20, 10)] {
+                let k = connection(remote, port);
+                account_via_cache(
+                    Some(&mut slot),
+                    &st(&flows, &overflow, &lost, &translated),
+                    &k,
+                    bytes,
+                    1,
+                );
+            }
+        }
+        // Flush the slot.
+        account(
+            &st(&flows, &overflow, &lost, &translated),
+            &slot.key,
+            slot.counter.bytes,
+            slot.counter.packets,
+        );
+        let entries = flows.entries.borrow();
+        assert_eq!(entries.get(&connection(10, 40_000)).unwrap().bytes, 200);
+        assert_eq!(entries.get(&connection(10, 40_001)).unwrap().bytes, 200);
+        assert_eq!(
+            entries
+                .get(&connection(20, 40_000).per_remote())
+                .unwrap()
+                .bytes,
+            40
+        );
+        assert_eq!(entries.len(), 3, "{entries:?}");
+    }
+
     fn key(cgroup: u64, last_octet: u8, direction: u8) -> FlowKey {
         let remote = [u32::from_ne_bytes([192, 0, 2, last_octet]), 0, 0, 0];
         FlowKey::new(cgroup, remote, FAMILY_IPV4, direction)
@@ -202,7 +313,10 @@ mod tests {
             (key(2, 4, DIRECTION_INGRESS), 5, Landed::Lost),
         ];
         for (k, bytes, want) in sent {
-            assert_eq!(account(&flows, &overflow, &lost, &k, bytes, 1), want);
+            assert_eq!(
+                account(&st(&flows, &overflow, &lost, &Nothing), &k, bytes, 1),
+                want
+            );
         }
         assert_eq!(flows.get(&key(1, 1, DIRECTION_EGRESS)).unwrap().bytes, 150);
         assert_eq!(
@@ -249,7 +363,13 @@ mod tests {
         let mut slot = CacheEntry::default();
         let (a, b) = (key(1, 1, DIRECTION_EGRESS), key(1, 2, DIRECTION_EGRESS));
         for _ in 0..10 {
-            account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &a, 100, 1);
+            account_via_cache(
+                Some(&mut slot),
+                &st(&flows, &overflow, &lost, &Nothing),
+                &a,
+                100,
+                1,
+            );
         }
         assert!(
             flows.entries.borrow().is_empty(),
@@ -262,7 +382,13 @@ mod tests {
                 packets: 10
             }
         );
-        account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &b, 7, 1);
+        account_via_cache(
+            Some(&mut slot),
+            &st(&flows, &overflow, &lost, &Nothing),
+            &b,
+            7,
+            1,
+        );
         assert_eq!(
             flows.get(&a),
             Some(Counter {
@@ -271,7 +397,13 @@ mod tests {
             })
         );
         assert_eq!((slot.key, slot.counter.bytes), (b, 7));
-        account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &a, 5, 1);
+        account_via_cache(
+            Some(&mut slot),
+            &st(&flows, &overflow, &lost, &Nothing),
+            &a,
+            5,
+            1,
+        );
         assert_eq!(flows.get(&b).unwrap().bytes, 7);
         assert_eq!(total(&flows, &slot), 1012);
         assert_eq!(slot.busy, 0);
@@ -292,11 +424,17 @@ mod tests {
             busy: 1,
         };
         let other = key(2, 9, DIRECTION_EGRESS);
-        account_via_cache(Some(&mut slot), &flows, &overflow, &lost, &other, 30, 1);
+        account_via_cache(
+            Some(&mut slot),
+            &st(&flows, &overflow, &lost, &Nothing),
+            &other,
+            30,
+            1,
+        );
         assert_eq!(slot.counter.bytes, 50, "busy slot untouched");
         assert_eq!(flows.get(&other).unwrap().bytes, 30);
         // Without a slot (lookup failed) the maps take the bytes too.
-        account_via_cache(None, &flows, &overflow, &lost, &a, 3, 1);
+        account_via_cache(None, &st(&flows, &overflow, &lost, &Nothing), &a, 3, 1);
         assert_eq!(flows.get(&a).unwrap().bytes, 3);
     }
 
@@ -307,7 +445,10 @@ mod tests {
         let overflow = BoundedMap::new(1);
         let lost = Lost::default();
         let k = key(9, 9, DIRECTION_EGRESS);
-        assert_eq!(account(&flows, &overflow, &lost, &k, 42, 3), Landed::Flow);
+        assert_eq!(
+            account(&st(&flows, &overflow, &lost, &Nothing), &k, 42, 3),
+            Landed::Flow
+        );
         assert_eq!(
             flows.get(&k),
             Some(Counter {

@@ -10,7 +10,7 @@ pub mod wire;
 
 /// Bump when any map layout or meaning below changes; user space refuses an object of another
 /// version and later pins live under a path that carries it.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Which way a packet went, seen from the local socket.
 pub const DIRECTION_EGRESS: u8 = 0;
@@ -30,6 +30,11 @@ pub const MAP_OVERFLOW: [&str; 2] = ["OVERFLOW_0", "OVERFLOW_1"];
 pub const MAP_LOST: &str = "LOST";
 pub const MAP_CONTROL: &str = "CONTROL";
 pub const MAP_CACHE: &str = "CACHE";
+pub const MAP_TRANSLATED: &str = "TRANSLATED";
+
+/// Capacity of `TRANSLATED`: service CIDRs, learned service addresses and the node's own
+/// addresses. User space counts what it could not insert.
+pub const DEFAULT_TRANSLATED_ENTRIES: u32 = 16_384;
 
 /// `CONTROL[CONTROL_ACTIVE]` holds the index (0 or 1) of the buffer the programs write to. The
 /// drain flips it, waits for an RCU grace period (every program that read the old index has then
@@ -39,7 +44,10 @@ pub const CONTROL_ACTIVE: u32 = 0;
 pub const CONTROL_ENTRIES: u32 = 1;
 
 /// One counting key: the socket's cgroup (the workload identity), the remote address and the
-/// direction.
+/// direction — and, for connections whose remote address is one that NAT rewrites (a Service
+/// address, see `TranslatedKey`), the rest of the connection's tuple, so user space can find the
+/// conntrack entry that says where the bytes really went. Every other key has `local`, the ports
+/// and `protocol` zeroed: one entry per remote address, whatever the number of connections.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -49,13 +57,37 @@ pub struct FlowKey {
     /// kernel program moves it with four loads and stores: an IPv4 address in word 0 and zeros
     /// after it, or an IPv6 address.
     pub remote: [u32; 4],
+    /// Local address, same layout; zero unless the key is per connection.
+    pub local: [u32; 4],
+    /// Ports in network byte order as the packet carries them; zero unless per connection.
+    pub local_port: u16,
+    pub remote_port: u16,
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
     /// `DIRECTION_EGRESS` or `DIRECTION_INGRESS`.
     pub direction: u8,
+    /// IP protocol number (TCP, UDP, SCTP…) of a per-connection key; 0 otherwise.
+    pub protocol: u8,
     // Padding as whole fields, not byte arrays: the BPF backend zeroes arrays with a memset loop.
-    pub _pad: u16,
-    pub _pad2: u32,
+    pub _pad: u8,
+}
+
+/// Key of the `TRANSLATED` longest-prefix-match trie: the family in the first word, then the
+/// address, so one trie holds IPv4 and IPv6 prefixes (an IPv4 /p prefix has length 32 + p).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TranslatedKey {
+    pub family: u32,
+    pub addr: [u32; 4],
+}
+
+impl TranslatedKey {
+    pub const fn of(key: &FlowKey) -> TranslatedKey {
+        TranslatedKey {
+            family: key.family as u32,
+            addr: key.remote,
+        }
+    }
 }
 
 /// Per-identity fallback key used when a `FlowKey` cannot be inserted (flow map full or busy).
@@ -112,25 +144,49 @@ pub struct CacheEntry {
 pub const LOST_ENTRIES: u32 = 2;
 
 impl FlowKey {
+    /// A per-remote key (no connection detail).
     pub const fn new(cgroup_id: u64, remote: [u32; 4], family: u8, direction: u8) -> Self {
         FlowKey {
             cgroup_id,
             remote,
+            local: [0; 4],
+            local_port: 0,
+            remote_port: 0,
             family,
             direction,
+            protocol: 0,
             _pad: 0,
-            _pad2: 0,
         }
+    }
+
+    /// Whether the key carries the connection's tuple.
+    pub const fn is_connection(&self) -> bool {
+        self.protocol != 0
+    }
+
+    /// The same key without the connection detail.
+    #[inline(always)]
+    pub const fn per_remote(&self) -> FlowKey {
+        FlowKey::new(self.cgroup_id, self.remote, self.family, self.direction)
+    }
+
+    /// The local address as 16 bytes (IPv4: the first 4).
+    pub fn local_octets(&self) -> [u8; 16] {
+        words_to_octets(&self.local)
     }
 
     /// The remote address as the 16 bytes it has on the wire (IPv4: the first 4).
     pub fn remote_octets(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        for (i, word) in self.remote.iter().enumerate() {
-            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        out
+        words_to_octets(&self.remote)
     }
+}
+
+fn words_to_octets(words: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, word) in words.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    out
 }
 
 impl OverflowKey {
@@ -152,6 +208,7 @@ mod user {
     unsafe impl aya::Pod for super::OverflowKey {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::CacheEntry {}
+    unsafe impl aya::Pod for super::TranslatedKey {}
 }
 
 #[cfg(test)]
@@ -164,10 +221,11 @@ mod tests {
 
     #[test]
     fn abi_layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<FlowKey>(), 8 + 16 + 1 + 1 + 2 + 4);
+        assert_eq!(size_of::<FlowKey>(), 8 + 16 + 16 + 2 + 2 + 1 + 1 + 1 + 1);
+        assert_eq!(size_of::<TranslatedKey>(), 20);
         assert_eq!(align_of::<FlowKey>(), 8);
         assert_eq!(size_of::<OverflowKey>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<CacheEntry>(), 32 + 16 + 8);
+        assert_eq!(size_of::<CacheEntry>(), 48 + 16 + 8);
     }
 }

@@ -15,6 +15,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
 const IPV6_HEADER_LEN: u32 = 40;
 const UDP_HEADER_LEN: u32 = 8;
 
@@ -32,14 +33,38 @@ pub trait Packet {
     fn load_words<const N: usize>(&self, offset: u32) -> Option<[u32; N]>;
 }
 
-/// The remote end and the wire size of one packet.
+/// The two ends and the wire size of one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Measured {
     pub family: u8,
-    /// As in `FlowKey::remote`.
+    /// As in `FlowKey::remote` and `FlowKey::local`.
     pub remote: [u32; 4],
+    pub local: [u32; 4],
+    /// Network byte order; zero with `protocol` when the packet has no ports we can read.
+    pub remote_port: u16,
+    pub local_port: u16,
+    /// TCP, UDP or SCTP; 0 for other protocols and IPv4 fragments after the first.
+    pub protocol: u8,
     pub bytes: u64,
     pub packets: u64,
+}
+
+impl Measured {
+    /// The per-connection counting key of this packet.
+    #[inline(always)]
+    pub fn key(&self, cgroup_id: u64, direction: u8) -> crate::FlowKey {
+        crate::FlowKey {
+            cgroup_id,
+            remote: self.remote,
+            local: self.local,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            family: self.family,
+            direction,
+            protocol: self.protocol,
+            _pad: 0,
+        }
+    }
 }
 
 /// Byte `i` (0 = lowest address) of a word read in memory order.
@@ -90,6 +115,23 @@ fn transport_header_len<P: Packet>(packet: &P, proto: u8, offset: u32) -> u32 {
     }
 }
 
+/// Source and destination ports (network byte order) of a TCP, UDP or SCTP header at `offset`:
+/// all three start with them. `None` for other protocols.
+#[inline(always)]
+fn ports<P: Packet>(packet: &P, proto: u8, offset: u32) -> Option<(u16, u16)> {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            let [w] = packet.load_words::<1>(offset)?;
+            let b = w.to_ne_bytes();
+            Some((
+                u16::from_ne_bytes([b[0], b[1]]),
+                u16::from_ne_bytes([b[2], b[3]]),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Measures one packet. `egress` selects the remote end: the destination of what we send, the
 /// source of what we receive. `None` for non-IP packets or a header that cannot be read (such a
 /// packet is not ours to count: nothing on an AWS bill is non-IP).
@@ -99,39 +141,68 @@ pub fn measure<P: Packet>(packet: &P, egress: bool) -> Option<Measured> {
     let gso_segs = packet.gso_segs();
     let gso_size = packet.gso_size();
     let segmented = needs_header_len(gso_segs, gso_size);
-    let (family, remote, header_len) = match packet.protocol() {
+    let (family, src, dst, proto, l4, header_len) = match packet.protocol() {
         ETH_P_IP => {
             let ip: [u32; 5] = packet.load_words(0)?;
-            // Words 3 and 4: source and destination.
-            let remote = [if egress { ip[4] } else { ip[3] }, 0, 0, 0];
+            let ip_len = ((byte(ip[0], 0) & 0x0f) as u32) * 4;
+            let proto = byte(ip[2], 1);
             let header_len = if segmented {
-                let ip_len = ((byte(ip[0], 0) & 0x0f) as u32) * 4;
-                ip_len + transport_header_len(packet, byte(ip[2], 1), ip_len)
+                ip_len + transport_header_len(packet, proto, ip_len)
             } else {
                 0
             };
-            (FAMILY_IPV4, remote, header_len)
+            // Fragment offset (low 13 bits of bytes 6–7): later fragments carry no ports.
+            let first_fragment = byte(ip[1], 2) & 0x1f == 0 && byte(ip[1], 3) == 0;
+            let l4 = if first_fragment { Some(ip_len) } else { None };
+            // Words 3 and 4: source and destination.
+            (
+                FAMILY_IPV4,
+                [ip[3], 0, 0, 0],
+                [ip[4], 0, 0, 0],
+                proto,
+                l4,
+                header_len,
+            )
         }
         ETH_P_IPV6 => {
             let ip: [u32; 10] = packet.load_words(0)?;
-            // Words 2..6 source, 6..10 destination.
-            let at = if egress { 6 } else { 2 };
-            let remote = [ip[at], ip[at + 1], ip[at + 2], ip[at + 3]];
+            let proto = byte(ip[1], 2);
             // Extension headers are not walked: the kernel only segments TCP and UDP, which follow
             // the fixed header directly in every stack we know of.
             let header_len = if segmented {
-                IPV6_HEADER_LEN + transport_header_len(packet, byte(ip[1], 2), IPV6_HEADER_LEN)
+                IPV6_HEADER_LEN + transport_header_len(packet, proto, IPV6_HEADER_LEN)
             } else {
                 0
             };
-            (FAMILY_IPV6, remote, header_len)
+            // Words 2..6 source, 6..10 destination.
+            (
+                FAMILY_IPV6,
+                [ip[2], ip[3], ip[4], ip[5]],
+                [ip[6], ip[7], ip[8], ip[9]],
+                proto,
+                Some(IPV6_HEADER_LEN),
+                header_len,
+            )
         }
         _ => return None,
     };
     let (bytes, packets) = wire_size(len, gso_segs, gso_size, header_len);
+    let (sport, dport, protocol) = match l4.and_then(|at| ports(packet, proto, at)) {
+        Some((s, d)) => (s, d, proto),
+        None => (0, 0, 0),
+    };
+    let (remote, local, remote_port, local_port) = if egress {
+        (dst, src, dport, sport)
+    } else {
+        (src, dst, sport, dport)
+    };
     Some(Measured {
         family,
         remote,
+        local,
+        remote_port,
+        local_port,
+        protocol,
         bytes,
         packets,
     })
@@ -250,6 +321,64 @@ mod tests {
         );
         let back = measure(&skb, false).unwrap();
         assert_eq!(&octets(&back)[..4], &[10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn connection_tuple_is_read_from_the_point_of_view_of_the_local_socket() {
+        let mut data = ipv4_tcp([10, 0, 1, 2], [172, 20, 0, 10], 0, 100);
+        data[20..22].copy_from_slice(&40_000u16.to_be_bytes());
+        data[22..24].copy_from_slice(&80u16.to_be_bytes());
+        let skb = FakeSkb {
+            protocol: ETH_P_IP,
+            len: data.len() as u32,
+            data,
+            gso_segs: 0,
+            gso_size: 0,
+        };
+        let out = measure(&skb, true).unwrap();
+        let key = out.key(9, crate::DIRECTION_EGRESS);
+        assert!(key.is_connection());
+        assert_eq!(&key.remote_octets()[..4], &[172, 20, 0, 10]);
+        assert_eq!(&key.local_octets()[..4], &[10, 0, 1, 2]);
+        assert_eq!(u16::from_be(key.remote_port), 80);
+        assert_eq!(u16::from_be(key.local_port), 40_000);
+        assert_eq!(key.protocol, IPPROTO_TCP);
+        // Received: the source is the remote end.
+        let back = measure(&skb, false).unwrap();
+        assert_eq!(u16::from_be(back.remote_port), 40_000);
+        assert_eq!(&back.key(9, 1).local_octets()[..4], &[172, 20, 0, 10]);
+        // The per-remote form drops the tuple and nothing else.
+        let reduced = key.per_remote();
+        assert!(!reduced.is_connection());
+        assert_eq!(reduced, FlowKey::new(9, key.remote, FAMILY_IPV4, 0));
+    }
+
+    #[test]
+    fn later_fragments_and_portless_protocols_have_no_tuple() {
+        let mut data = ipv4_tcp([10, 0, 1, 2], [203, 0, 113, 7], 0, 100);
+        data[6] = 0x00;
+        data[7] = 0xb9; // fragment offset 185 × 8 bytes
+        let fragment = FakeSkb {
+            protocol: ETH_P_IP,
+            len: data.len() as u32,
+            data: data.clone(),
+            gso_segs: 0,
+            gso_size: 0,
+        };
+        let out = measure(&fragment, true).unwrap();
+        assert_eq!((out.protocol, out.remote_port, out.local_port), (0, 0, 0));
+        assert_eq!(out.bytes, data.len() as u64);
+        data[6] = 0x40; // DF, offset 0
+        data[7] = 0;
+        data[9] = 1; // ICMP
+        let icmp = FakeSkb {
+            protocol: ETH_P_IP,
+            len: data.len() as u32,
+            data,
+            gso_segs: 0,
+            gso_size: 0,
+        };
+        assert_eq!(measure(&icmp, true).unwrap().protocol, 0);
     }
 
     #[test]

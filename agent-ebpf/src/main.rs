@@ -17,12 +17,12 @@
 #![feature(core_intrinsics)]
 
 use agent_common::{
-    account::{account_via_cache, CounterMap, LostCounter},
+    account::{account_via_cache, CounterMap, LostCounter, Stores, Translated},
     cache_index,
     wire::{measure, Packet},
-    CacheEntry, Counter, FlowKey, OverflowKey, CACHE_ENTRIES, CONTROL_ACTIVE, CONTROL_ENTRIES,
-    DEFAULT_FLOW_ENTRIES, DEFAULT_OVERFLOW_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    LOST_ENTRIES,
+    CacheEntry, Counter, FlowKey, OverflowKey, TranslatedKey, CACHE_ENTRIES, CONTROL_ACTIVE,
+    CONTROL_ENTRIES, DEFAULT_FLOW_ENTRIES, DEFAULT_OVERFLOW_ENTRIES, DEFAULT_TRANSLATED_ENTRIES,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, LOST_ENTRIES,
 };
 use core::mem::MaybeUninit;
 
@@ -30,7 +30,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, PerCpuHashMap},
     programs::SkBuffContext,
 };
 
@@ -52,6 +52,11 @@ static OVERFLOW_1: PerCpuHashMap<OverflowKey, Counter> =
 static LOST: PerCpuArray<Counter> = PerCpuArray::with_max_entries(LOST_ENTRIES, 0);
 #[map]
 static CACHE: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
+/// Remote prefixes whose flows are counted per connection (user space fills it: Service CIDRs,
+/// addresses conntrack showed being rewritten, the node's own addresses).
+#[map]
+static TRANSLATED: LpmTrie<TranslatedKey, u8> =
+    LpmTrie::with_max_entries(DEFAULT_TRANSLATED_ENTRIES, 0);
 
 /// cgroup_skb verdict: let the packet through. We observe; we never drop.
 const ALLOW: i32 = 1;
@@ -155,6 +160,17 @@ unsafe fn atomic_add(dst: *mut u64, value: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, value) };
 }
 
+struct KernelTranslated;
+
+impl Translated for KernelTranslated {
+    #[inline(always)]
+    fn contains(&self, key: &FlowKey) -> bool {
+        TRANSLATED
+            .get(Key::new(32 + 128, TranslatedKey::of(key)))
+            .is_some()
+    }
+}
+
 struct KernelLost;
 
 impl LostCounter for KernelLost {
@@ -175,7 +191,7 @@ fn count(ctx: &SkBuffContext, direction: u8) {
         return;
     };
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let key = FlowKey::new(cgroup_id, m.remote, m.family, direction);
+    let key = m.key(cgroup_id, direction);
     let active = CONTROL.get(CONTROL_ACTIVE).copied().unwrap_or(0) & 1;
     // SAFETY: this CPU's slot of a per-CPU array; nested runs on this CPU check its busy flag.
     let slot = CACHE
@@ -186,9 +202,12 @@ fn count(ctx: &SkBuffContext, direction: u8) {
     if active == 0 {
         account_via_cache(
             slot,
-            &KernelMap(&FLOWS_0),
-            &KernelMap(&OVERFLOW_0),
-            &KernelLost,
+            &Stores {
+                flows: &KernelMap(&FLOWS_0),
+                overflow: &KernelMap(&OVERFLOW_0),
+                lost: &KernelLost,
+                translated: &KernelTranslated,
+            },
             &key,
             m.bytes,
             m.packets,
@@ -196,9 +215,12 @@ fn count(ctx: &SkBuffContext, direction: u8) {
     } else {
         account_via_cache(
             slot,
-            &KernelMap(&FLOWS_1),
-            &KernelMap(&OVERFLOW_1),
-            &KernelLost,
+            &Stores {
+                flows: &KernelMap(&FLOWS_1),
+                overflow: &KernelMap(&OVERFLOW_1),
+                lost: &KernelLost,
+                translated: &KernelTranslated,
+            },
             &key,
             m.bytes,
             m.packets,
