@@ -15,6 +15,18 @@
 //! imds:                        # EC2 instance metadata (IMDSv2) for our own zone and region
 //!   enabled: false
 //!   endpoint: "http://169.254.169.254"
+//! nat:                         # Services and SNAT: the real remote end, from conntrack
+//!   conntrack: auto            # auto: on when the kernel offers ctnetlink; true: required; false
+//!   netns: /proc/1/ns/net      # whose conntrack (kube-proxy's); default: the agent's own netns
+//!   service_cidrs: ["10.100.0.0/16"]  # ClusterIP ranges: per connection from the first packet
+//!   max_connections: 131072    # translated connections remembered at once
+//!   retention_seconds: 30      # a closed connection stays resolvable this long (≥ 2 drains)
+//! egress:                      # how this node's subnet reaches the internet and AWS services
+//!   nat_gateway: { zone: us-east-1b, zone_id: use1-az2 }  # absent: an internet gateway
+//!   gateway_endpoints: [aws-s3, aws-dynamodb]             # gateway VPC endpoints (free)
+//! services:                    # cloud-service address ranges (tag `service`)
+//!   bundled: true              # the AWS S3/DynamoDB table built in (dated; see README)
+//!   file: /etc/netcost/service-ranges.tsv   # replaces the bundled table: prefix, service, region
 //! topology:                    # our place: config, else our Node's labels, else IMDS
 //!   region: us-east-1
 //!   zone: us-east-1a
@@ -71,6 +83,45 @@ struct RawConfig {
     imds: Option<RawImds>,
     #[serde(default)]
     topology: Option<RawTopology>,
+    #[serde(default)]
+    nat: Option<RawNat>,
+    #[serde(default)]
+    egress: Option<RawEgress>,
+    #[serde(default)]
+    services: Option<RawServices>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNat {
+    conntrack: Option<BoolOrText>,
+    netns: Option<String>,
+    #[serde(default)]
+    service_cidrs: Vec<String>,
+    max_connections: Option<u32>,
+    retention_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    nat_gateway: Option<RawGateway>,
+    #[serde(default)]
+    gateway_endpoints: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    zone: Option<String>,
+    zone_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServices {
+    bundled: Option<bool>,
+    file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +231,40 @@ pub struct ImdsConfig {
     pub timeout: Duration,
 }
 
+/// Whether to read conntrack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConntrackMode {
+    /// On when the kernel offers ctnetlink; without it the agent warns and counts by the addresses
+    /// its sockets saw.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    pub conntrack: ConntrackMode,
+    pub netns: Option<PathBuf>,
+    pub service_cidrs: Vec<Cidr>,
+    pub max_connections: u32,
+    /// `None`: derived from the drain interval.
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EgressConfig {
+    /// The NAT gateway's zone, when the subnet routes internet traffic through one.
+    pub nat_gateway: Option<Place>,
+    /// Service tags (e.g. `aws-s3`) reached through gateway VPC endpoints.
+    pub gateway_endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicesConfig {
+    pub bundled: bool,
+    pub file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -193,6 +278,9 @@ pub struct Config {
     /// Our own place and the configured prefixes; the own place may be partly unknown when the
     /// Node object or IMDS supply it.
     pub topology: StaticTopology,
+    pub nat: NatConfig,
+    pub egress: EgressConfig,
+    pub services: ServicesConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "[::]:3001";
@@ -271,7 +359,13 @@ impl Config {
                 "required (with topology.region) when kubernetes and imds are both off: nothing else can tell this node's zone",
             ));
         }
+        let nat = nat(raw.nat.unwrap_or_default())?;
+        let egress = egress(raw.egress.unwrap_or_default())?;
+        let services = services(raw.services.unwrap_or_default())?;
         Ok(Config {
+            nat,
+            egress,
+            services,
             listen,
             drain_interval: Duration::from_secs_f64(interval),
             cgroup_root,
@@ -362,6 +456,90 @@ fn imds(raw: RawImds) -> Result<ImdsConfig, ConfigError> {
             raw.timeout_seconds.unwrap_or(2.0),
             0.1..=60.0,
         )?,
+    })
+}
+
+fn nat(raw: RawNat) -> Result<NatConfig, ConfigError> {
+    let conntrack = match raw.conntrack {
+        None => ConntrackMode::Auto,
+        Some(BoolOrText::Bool(true)) => ConntrackMode::On,
+        Some(BoolOrText::Bool(false)) => ConntrackMode::Off,
+        Some(BoolOrText::Text(t)) if t == "auto" => ConntrackMode::Auto,
+        Some(BoolOrText::Text(other)) => {
+            return Err(field_error(
+                "nat.conntrack",
+                format!("{other:?} is not one of auto, true, false"),
+            ))
+        }
+    };
+    let max_connections = raw.max_connections.unwrap_or(131_072);
+    if !(16..=16_777_216).contains(&max_connections) {
+        return Err(field_error(
+            "nat.max_connections",
+            format!("{max_connections} is outside 16..=16777216"),
+        ));
+    }
+    Ok(NatConfig {
+        conntrack,
+        netns: optional("nat.netns", raw.netns)?.map(PathBuf::from),
+        service_cidrs: cidrs("nat.service_cidrs", &raw.service_cidrs)?,
+        max_connections,
+        retention: raw
+            .retention_seconds
+            .map(|s| seconds("nat.retention_seconds", s, 1.0..=3_600.0))
+            .transpose()?,
+    })
+}
+
+/// A service tag: lowercase letters, digits and dashes (it becomes a label value).
+pub fn check_service_tag(field: &str, tag: &str) -> Result<String, ConfigError> {
+    let tag = non_empty(field, tag)?;
+    if !tag
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(field_error(
+            field,
+            format!("{tag:?} is not a service tag such as \"aws-s3\" (lowercase letters, digits, dashes)"),
+        ));
+    }
+    Ok(tag)
+}
+
+fn egress(raw: RawEgress) -> Result<EgressConfig, ConfigError> {
+    let nat_gateway = match raw.nat_gateway {
+        None => None,
+        Some(g) => {
+            let place = Place {
+                zone: optional("egress.nat_gateway.zone", g.zone)?,
+                zone_id: optional("egress.nat_gateway.zone_id", g.zone_id)?,
+                region: None,
+            };
+            if place.zone.is_none() && place.zone_id.is_none() {
+                return Err(field_error(
+                    "egress.nat_gateway",
+                    "needs the gateway's zone or zone_id (to tell whether reaching it crosses zones)",
+                ));
+            }
+            Some(place)
+        }
+    };
+    let gateway_endpoints = raw
+        .gateway_endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, t)| check_service_tag(&format!("egress.gateway_endpoints[{i}]"), t))
+        .collect::<Result<_, _>>()?;
+    Ok(EgressConfig {
+        nat_gateway,
+        gateway_endpoints,
+    })
+}
+
+fn services(raw: RawServices) -> Result<ServicesConfig, ConfigError> {
+    Ok(ServicesConfig {
+        bundled: raw.bundled.unwrap_or(true),
+        file: optional("services.file", raw.file)?.map(PathBuf::from),
     })
 }
 
@@ -482,5 +660,39 @@ topology:
         assert!(e.contains("imds.endpoint"), "{e}");
         let e = error_of(&format!("{GOOD}maps: {{ flow_entries: 1 }}\n"));
         assert!(e.contains("maps.flow_entries"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}nat: {{ service_cidrs: [\"10.100.0.0/99\"] }}\n"
+        ));
+        assert!(e.contains("nat.service_cidrs[0]"), "{e}");
+        let e = error_of(&format!("{GOOD}nat: {{ conntrack: sometimes }}\n"));
+        assert!(e.contains("nat.conntrack"), "{e}");
+        let e = error_of(&format!("{GOOD}egress: {{ nat_gateway: {{}} }}\n"));
+        assert!(e.contains("egress.nat_gateway"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}egress: {{ gateway_endpoints: [\"S3\"] }}\n"
+        ));
+        assert!(e.contains("egress.gateway_endpoints[0]"), "{e}");
+        let e = error_of(&format!("{GOOD}nat: {{ retention_seconds: 0 }}\n"));
+        assert!(e.contains("nat.retention_seconds"), "{e}");
+    }
+
+    #[test]
+    fn parses_nat_egress_and_services() {
+        let c = Config::parse(&format!(
+            "{GOOD}nat: {{ conntrack: true, netns: /run/netns/x, service_cidrs: [\"172.20.0.0/16\", \"fd00:ffff::/108\"] }}\negress: {{ nat_gateway: {{ zone_id: use1-az2 }}, gateway_endpoints: [aws-s3] }}\nservices: {{ bundled: false }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.nat.conntrack, ConntrackMode::On);
+        assert_eq!(c.nat.service_cidrs.len(), 2);
+        assert_eq!(c.nat.netns, Some(PathBuf::from("/run/netns/x")));
+        assert_eq!(
+            c.egress.nat_gateway.unwrap().zone_id.as_deref(),
+            Some("use1-az2")
+        );
+        assert_eq!(c.egress.gateway_endpoints, vec!["aws-s3".to_owned()]);
+        assert!(!c.services.bundled);
+        let d = Config::parse(GOOD).unwrap();
+        assert_eq!(d.nat.conntrack, ConntrackMode::Auto);
+        assert!(d.services.bundled && d.egress.nat_gateway.is_none());
     }
 }

@@ -2,17 +2,23 @@
 
 use std::{fs::File, path::Path, time::Duration};
 
+use std::net::IpAddr;
+
 use agent_common::{
-    cache_index, CacheEntry, Counter, FlowKey, OverflowKey, CONTROL_ACTIVE, DIRECTION_EGRESS,
-    DIRECTION_INGRESS, MAP_CACHE, MAP_CONTROL, MAP_FLOWS, MAP_LOST, MAP_OVERFLOW,
+    cache_index, CacheEntry, Counter, FlowKey, OverflowKey, TranslatedKey, CONTROL_ACTIVE,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, MAP_CACHE, MAP_CONTROL,
+    MAP_FLOWS, MAP_LOST, MAP_OVERFLOW, MAP_TRANSLATED,
 };
 use aya::{
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{lpm_trie, Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Ebpf, EbpfLoader,
 };
 
-use crate::drain::{sum_per_cpu, CountingBuffers};
+use crate::{
+    drain::{sum_per_cpu, CountingBuffers},
+    topology::Cidr,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -69,6 +75,55 @@ pub struct KernelMaps {
     pub last_entry_errors: usize,
 }
 
+/// The kernel's `TRANSLATED` prefixes: remotes whose flows are counted per connection.
+pub struct TranslatedTrie {
+    trie: LpmTrie<MapData, TranslatedKey, u8>,
+}
+
+/// The trie's key for a prefix: the family word is always matched, then the prefix's bits.
+pub fn translated_key(cidr: &Cidr) -> lpm_trie::Key<TranslatedKey> {
+    let (addr, bits) = cidr.parts();
+    let (family, words) = match addr {
+        IpAddr::V4(a) => (FAMILY_IPV4, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            (
+                FAMILY_IPV6,
+                std::array::from_fn(|i| {
+                    u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+                }),
+            )
+        }
+    };
+    lpm_trie::Key::new(
+        32 + bits as u32,
+        TranslatedKey {
+            family: family as u32,
+            addr: words,
+        },
+    )
+}
+
+impl TranslatedTrie {
+    pub fn insert(&mut self, cidr: &Cidr) -> Result<(), KernelError> {
+        self.trie
+            .insert(&translated_key(cidr), 1u8, 0)
+            .map_err(|source| KernelError::Map {
+                name: MAP_TRANSLATED,
+                source,
+            })
+    }
+
+    pub fn remove(&mut self, cidr: &Cidr) -> Result<(), KernelError> {
+        self.trie
+            .remove(&translated_key(cidr))
+            .map_err(|source| KernelError::Map {
+                name: MAP_TRANSLATED,
+                source,
+            })
+    }
+}
+
 fn map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -81,7 +136,7 @@ pub fn load_and_attach(
     cgroup_root: &Path,
     flow_entries: u32,
     overflow_entries: u32,
-) -> Result<(Kernel, KernelMaps), KernelError> {
+) -> Result<(Kernel, KernelMaps, TranslatedTrie), KernelError> {
     let mut loader = EbpfLoader::new();
     for name in MAP_FLOWS {
         loader.map_max_entries(name, flow_entries);
@@ -109,6 +164,9 @@ pub fn load_and_attach(
         last_overflow_entries: 0,
         last_entry_errors: 0,
     };
+    let translated = TranslatedTrie {
+        trie: map(&mut ebpf, MAP_TRANSLATED)?,
+    };
     let mut attached = 0;
     for (name, attach_type) in PROGRAMS {
         let program: &mut CgroupSkb = ebpf
@@ -133,6 +191,7 @@ pub fn load_and_attach(
             attached,
         },
         maps,
+        translated,
     ))
 }
 

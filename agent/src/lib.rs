@@ -6,6 +6,7 @@
 //! [`pipeline`] runs the steps in that order.
 
 pub mod config;
+pub mod conntrack;
 pub mod drain;
 pub mod identity;
 pub mod imds;
@@ -13,6 +14,9 @@ pub mod inventory;
 pub mod k8s;
 pub mod kernel;
 pub mod metrics;
+pub mod nat;
 pub mod pipeline;
+pub mod route;
 pub mod server;
+pub mod services;
 pub mod topology;

@@ -6,12 +6,14 @@ use std::{
 };
 
 use agent::{
-    config::{CgroupRoot, Config},
+    config::{CgroupRoot, Config, ConntrackMode},
     drain::Drainer,
     identity::{find_cgroup2_mount, CgroupResolver},
     imds, k8s, kernel,
     metrics::{MapLabels, Metrics},
+    nat::{self, NatTable, ResolverOptions},
     pipeline::{Pipeline, PipelineOptions},
+    route::Router,
     server::{self, Health},
     topology::Place,
 };
@@ -99,7 +101,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .context("no cgroup2 file system in /proc/mounts: netcost needs the cgroup v2 hierarchy mounted (set cgroup_root to point at it)")?
         }
     };
-    let (kernel, maps) =
+    let services = match &config.services.file {
+        Some(path) => agent::services::ServiceRanges::load(path)?,
+        None if config.services.bundled => agent::services::ServiceRanges::bundled(),
+        None => Default::default(),
+    };
+    tracing::info!(
+        origin = %services.origin,
+        prefixes = services.prefixes,
+        bundled_date = agent::services::bundled_date().unwrap_or("?"),
+        "cloud-service ranges"
+    );
+    let router = Router {
+        services,
+        nat_gateway: config.egress.nat_gateway.clone(),
+        gateway_endpoints: config.egress.gateway_endpoints.clone(),
+    };
+    let (kernel, maps, translated) =
         kernel::load_and_attach(&cgroup_root, config.flow_entries, config.overflow_entries)
             .with_context(|| format!("attaching to cgroup v2 root {}", cgroup_root.display()))?;
     tracing::info!(
@@ -109,7 +127,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry);
+    let mut metrics = Metrics::new(&mut registry);
+    metrics.internet_route = router.internet_route(config.topology.own());
     metrics.programs_attached.set(kernel.attached as i64);
     for (map, capacity) in [
         ("flows", maps.flow_capacity),
@@ -131,6 +150,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             fallback_place.clone(),
         ));
     }
+
+    let nat_table = start_conntrack(&config, translated, &metrics)?;
 
     let (kube_view, kube_health) = if config.kubernetes.enabled(k8s::in_cluster()) {
         let (view, health) = k8s::start(&config.kubernetes, &metrics).await?;
@@ -165,6 +186,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         PipelineOptions {
             series_grace: config.series_grace,
             hold_max: config.kubernetes.hold_unknown,
+            router,
+            nat: nat_table,
+            nat_wait: NAT_WAIT.max(config.drain_interval * 2),
         },
     );
     let drain_health = health.clone();
@@ -204,6 +228,57 @@ async fn run(config: Config) -> anyhow::Result<()> {
     drop(kernel);
     tracing::info!(programs = attached, "detached every program");
     Ok(())
+}
+
+/// How long bytes to a Service address wait for conntrack to name their connection.
+const NAT_WAIT: Duration = Duration::from_secs(10);
+
+/// Starts reading conntrack (kube-proxy's NAT decisions). `auto` goes on without it, saying so,
+/// when the kernel or our privileges do not allow it.
+fn start_conntrack(
+    config: &Config,
+    translated: kernel::TranslatedTrie,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<nat::SharedNat>> {
+    if config.nat.conntrack == ConntrackMode::Off {
+        tracing::info!(
+            "nat.conntrack is off: Service traffic is classified by the address pods sent to"
+        );
+        return Ok(None);
+    }
+    let retention = config
+        .nat
+        .retention
+        .unwrap_or_else(|| Duration::from_secs(30).max(config.drain_interval * 3));
+    let table = NatTable::new(
+        config.nat.service_cidrs.clone(),
+        config.nat.max_connections as usize * 2,
+        retention,
+    )
+    .shared();
+    let options = ResolverOptions {
+        netns: config.nat.netns.clone(),
+        receive_buffer: 8 * 1024 * 1024,
+        resync: Duration::from_secs(300),
+    };
+    match nat::spawn_resolver(options, table.clone(), translated, metrics.clone()) {
+        Ok(_) => {
+            let t = nat::lock(&table);
+            tracing::info!(
+                connections = t.len() / 2,
+                addresses = t.learned_addresses(),
+                service_cidrs = config.nat.service_cidrs.len(),
+                "reading conntrack: Service and SNAT traffic is classified by the real remote end"
+            );
+            drop(t);
+            Ok(Some(table))
+        }
+        Err(e) if config.nat.conntrack == ConntrackMode::Auto => {
+            tracing::warn!(error = %e, "conntrack unavailable: Service traffic is classified by the address pods sent to");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("nat.conntrack is true")),
+    }
 }
 
 async fn shutdown_signal() {

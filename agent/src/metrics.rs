@@ -11,7 +11,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::topology::TrafficClass;
+use crate::{
+    route::{Destination, Route},
+    topology::TrafficClass,
+};
 
 impl EncodeLabelValue for TrafficClass {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -95,7 +98,8 @@ pub struct TrafficLabels {
     pub owner: Owner,
     /// Empty unless `owner="pod"`.
     pub pod: PodLabels,
-    pub traffic_class: TrafficClass,
+    /// Class, cloud service and route.
+    pub destination: Destination,
     pub direction: Direction,
 }
 
@@ -115,26 +119,42 @@ impl EncodeLabelSet for TrafficLabels {
                 (key, value.as_str()).encode(encoder.encode_label())?;
             }
         }
-        ("traffic_class", self.traffic_class).encode(encoder.encode_label())?;
-        ("direction", self.direction).encode(encoder.encode_label())
+        ("traffic_class", self.destination.class).encode(encoder.encode_label())?;
+        ("direction", self.direction).encode(encoder.encode_label())?;
+        if let Some(service) = &self.destination.service {
+            ("service", &**service).encode(encoder.encode_label())?;
+        }
+        match self.destination.route {
+            Route::Direct => Ok(()),
+            Route::NatGateway { cross_zone } => {
+                ("nat_gateway", "true").encode(encoder.encode_label())?;
+                let hop = if cross_zone {
+                    "cross_zone"
+                } else {
+                    "same_zone"
+                };
+                ("nat_gateway_hop", hop).encode(encoder.encode_label())
+            }
+            Route::GatewayEndpoint => ("gateway_endpoint", "true").encode(encoder.encode_label()),
+        }
     }
 }
 
 impl TrafficLabels {
-    pub fn node(owner: Owner, traffic_class: TrafficClass, direction: Direction) -> Self {
+    pub fn node(owner: Owner, destination: impl Into<Destination>, direction: Direction) -> Self {
         TrafficLabels {
             owner,
             pod: PodLabels::default(),
-            traffic_class,
+            destination: destination.into(),
             direction,
         }
     }
 
-    pub fn pod(pod: &PodLabels, traffic_class: TrafficClass, direction: Direction) -> Self {
+    pub fn pod(pod: &PodLabels, destination: impl Into<Destination>, direction: Direction) -> Self {
         TrafficLabels {
             owner: Owner::Pod,
             pod: pod.clone(),
-            traffic_class,
+            destination: destination.into(),
             direction,
         }
     }
@@ -176,6 +196,23 @@ pub struct Metrics {
     pub kubernetes_objects: Family<ResourceLabels, Gauge>,
     pub kubernetes_watch_errors: Family<ResourceLabels, Counter>,
     pub pods_with_series: Gauge,
+    pub conntrack_events: Family<EventLabels, Counter>,
+    pub conntrack_resyncs: Counter,
+    pub conntrack_malformed: Counter,
+    pub conntrack_up: Gauge,
+    pub nat_connections: Gauge,
+    pub nat_table_full: Counter,
+    pub translated_prefixes: Gauge,
+    pub translated_errors: Counter,
+    pub nat_resolved_bytes: Counter,
+    pub nat_unresolved_bytes: Counter,
+    /// The route plain internet bytes take from this node: a pod's zero series use it.
+    pub internet_route: Route,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -206,6 +243,17 @@ impl Metrics {
             kubernetes_objects: Family::default(),
             kubernetes_watch_errors: Family::default(),
             pods_with_series: Gauge::default(),
+            conntrack_events: Family::default(),
+            conntrack_resyncs: Counter::default(),
+            conntrack_malformed: Counter::default(),
+            conntrack_up: Gauge::default(),
+            nat_connections: Gauge::default(),
+            nat_table_full: Counter::default(),
+            translated_prefixes: Gauge::default(),
+            translated_errors: Counter::default(),
+            nat_resolved_bytes: Counter::default(),
+            nat_unresolved_bytes: Counter::default(),
+            internet_route: Route::Direct,
         };
         let r = registry.sub_registry_with_prefix("netcost");
         r.register_with_unit(
@@ -304,6 +352,58 @@ impl Metrics {
             "Pods that currently have series (including deleted pods in their grace period)",
             m.pods_with_series.clone(),
         );
+        r.register(
+            "conntrack_events",
+            "Conntrack events read (new, destroy) plus rows of dumps (dump)",
+            m.conntrack_events.clone(),
+        );
+        r.register(
+            "conntrack_resyncs",
+            "Full conntrack dumps after the kernel dropped events (ENOBUFS) or on the periodic resync",
+            m.conntrack_resyncs.clone(),
+        );
+        r.register(
+            "conntrack_malformed",
+            "Conntrack messages that could not be decoded (the reason is logged)",
+            m.conntrack_malformed.clone(),
+        );
+        r.register(
+            "conntrack_up",
+            "1 while the conntrack reader is subscribed to events",
+            m.conntrack_up.clone(),
+        );
+        r.register(
+            "nat_connections",
+            "Translated connections known (live, or destroyed and kept for their retention)",
+            m.nat_connections.clone(),
+        );
+        r.register(
+            "nat_table_full",
+            "Translated connections not stored because nat.max_connections was reached",
+            m.nat_table_full.clone(),
+        );
+        r.register(
+            "translated_prefixes",
+            "Prefixes in the kernel's TRANSLATED trie (Service CIDRs, learned Service and node addresses)",
+            m.translated_prefixes.clone(),
+        );
+        r.register(
+            "translated_errors",
+            "Prefixes that could not be added to or removed from the kernel's TRANSLATED trie",
+            m.translated_errors.clone(),
+        );
+        r.register_with_unit(
+            "nat_resolved",
+            "Bytes of connections NAT rewrote, classified by the real remote end conntrack named",
+            Unit::Bytes,
+            m.nat_resolved_bytes.clone(),
+        );
+        r.register_with_unit(
+            "nat_unresolved",
+            "Bytes to a Service address whose connection conntrack did not name (classified by the Service address)",
+            Unit::Bytes,
+            m.nat_unresolved_bytes.clone(),
+        );
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
@@ -323,26 +423,35 @@ impl Metrics {
     /// Creates a pod's series at zero, so a scraper sees every series before its first byte
     /// (Prometheus' `increase()` cannot see what a counter held at its first sample).
     pub fn ensure_pod(&self, pod: &PodLabels) {
-        for labels in pod_label_sets(pod) {
+        for labels in pod_label_sets(pod, self.internet_route) {
             let _ = self.bytes.get_or_create(&labels);
             let _ = self.packets.get_or_create(&labels);
         }
     }
 
     /// Removes every series of a pod (after its grace period).
-    pub fn remove_pod(&self, pod: &PodLabels) {
-        for labels in pod_label_sets(pod) {
+    /// Removes every series of a pod (after its grace period): the zero series and every
+    /// destination its bytes went to (`used`).
+    pub fn remove_pod(&self, pod: &PodLabels, used: &[TrafficLabels]) {
+        for labels in pod_label_sets(pod, self.internet_route).chain(used.iter().cloned()) {
             self.bytes.remove(&labels);
             self.packets.remove(&labels);
         }
     }
 }
 
-fn pod_label_sets(pod: &PodLabels) -> impl Iterator<Item = TrafficLabels> + '_ {
+fn pod_label_sets(
+    pod: &PodLabels,
+    internet_route: Route,
+) -> impl Iterator<Item = TrafficLabels> + '_ {
     TrafficClass::ALL.into_iter().flat_map(move |class| {
-        Direction::BOTH
-            .into_iter()
-            .map(move |direction| TrafficLabels::pod(pod, class, direction))
+        Direction::BOTH.into_iter().map(move |direction| {
+            let mut destination = Destination::from(class);
+            if class == TrafficClass::Internet {
+                destination.route = internet_route;
+            }
+            TrafficLabels::pod(pod, destination, direction)
+        })
     })
 }
 
@@ -404,8 +513,8 @@ mod tests {
         let line = "netcost_network_bytes_total{owner=\"pod\",pod_uid=\"u2\",traffic_class=\"internet\",direction=\"egress\"} 0";
         assert!(text.contains(line), "{text}");
         assert!(!text.contains("# EOF"));
-        m.remove_pod(&pod);
-        m.remove_pod(&PodLabels::uid_only("u2"));
+        m.remove_pod(&pod, &[]);
+        m.remove_pod(&PodLabels::uid_only("u2"), &[]);
         let text = encode(&registry, Format::OpenMetrics).unwrap();
         assert!(!text.contains("u1") && !text.contains("u2"), "{text}");
         assert!(text.ends_with("# EOF\n"));

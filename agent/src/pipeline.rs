@@ -19,7 +19,9 @@ use crate::{
     identity::{CgroupResolver, Identity},
     inventory::{Inventory, PodMeta, SharedInventory},
     metrics::{Direction, DirectionLabels, Metrics, Owner, PodLabels, TrafficLabels},
-    topology::{Place, StaticTopology, Topology, TrafficClass},
+    nat::{self, NatTable, Resolution, SharedNat},
+    route::{Destination, Router},
+    topology::{Place, StaticTopology, TrafficClass},
 };
 
 /// How often the cgroup tree is walked even when no unknown id shows up: new pods get their zero
@@ -30,8 +32,16 @@ const CGROUP_REFRESH: Duration = Duration::from_secs(10);
 const HOLD_CAPACITY: usize = 65_536;
 
 pub fn remote_addr(key: &FlowKey) -> IpAddr {
-    let octets = key.remote_octets();
-    if key.family == FAMILY_IPV4 {
+    addr(key.family, key.remote_octets())
+}
+
+/// The local address of a per-connection key.
+pub fn local_addr(key: &FlowKey) -> IpAddr {
+    addr(key.family, key.local_octets())
+}
+
+fn addr(family: u8, octets: [u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
         let [a, b, c, d, ..] = octets;
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
     } else {
@@ -51,13 +61,23 @@ pub struct PipelineOptions {
     pub series_grace: Duration,
     /// How long bytes wait for their pod's names or for the topology.
     pub hold_max: Duration,
+    /// Cloud services, NAT gateway and gateway endpoints.
+    pub router: Router,
+    /// Translated connections from conntrack; `None` when conntrack is not read.
+    pub nat: Option<SharedNat>,
+    /// How long bytes to a Service address wait for conntrack to name their connection (events
+    /// arrive within milliseconds; a resync after dropped events takes longer).
+    pub nat_wait: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct HeldKey {
     identity: Identity,
-    /// `None` for overflow bytes (no remote address recorded).
+    /// The real remote end (after NAT); `None` for overflow bytes (no remote address recorded).
     remote: Option<IpAddr>,
+    /// Whether our side opened the connection (or we cannot tell): only then do internet bytes
+    /// pass the NAT gateway.
+    outbound: bool,
     direction: Direction,
 }
 
@@ -69,6 +89,8 @@ struct Held {
 /// A pod that has series: the label sets they carry, and since when the pod is gone.
 struct Series {
     labels: Vec<PodLabels>,
+    /// Series beyond the zero set (cloud services, routes) the pod's bytes created.
+    extra: std::collections::HashSet<TrafficLabels>,
     gone_since: Option<Instant>,
 }
 
@@ -85,6 +107,8 @@ pub struct Pipeline<B> {
     metrics: Metrics,
     series: HashMap<String, Series>,
     held: HashMap<HeldKey, Held>,
+    /// Per-connection entries to a Service address conntrack has not named yet.
+    pending_nat: HashMap<FlowKey, Held>,
     options: PipelineOptions,
 }
 
@@ -109,6 +133,7 @@ impl<B: CountingBuffers> Pipeline<B> {
             metrics,
             series: HashMap::new(),
             held: HashMap::new(),
+            pending_nat: HashMap::new(),
             options,
         }
     }
@@ -134,23 +159,27 @@ impl<B: CountingBuffers> Pipeline<B> {
         self.refresh_topology(inventory);
         let now = Instant::now();
 
+        let shared_nat = self.options.nat.clone();
+        let nat_guard = shared_nat.as_ref().map(nat::lock);
+        let nat: Option<&NatTable> = nat_guard.as_deref();
+
         // What was held first, so it is attributed in the order it was counted.
         for (key, held) in std::mem::take(&mut self.held) {
             self.attribute(inventory, key, &held.counter, held.since, now);
         }
-        for (key, counter) in &batch.flows {
-            let key = HeldKey {
-                identity: self.resolver.resolve(key.cgroup_id),
-                remote: Some(remote_addr(key)),
-                direction: Direction::from_abi(key.direction),
-            };
-            self.attribute(inventory, key, counter, now, now);
+        for (key, held) in std::mem::take(&mut self.pending_nat) {
+            self.take_flow(inventory, nat, &key, &held.counter, held.since, now);
         }
+        for (key, counter) in &batch.flows {
+            self.take_flow(inventory, nat, key, counter, now, now);
+        }
+        drop(nat_guard);
         for (key, counter) in &batch.overflow {
             let direction = Direction::from_abi(key.direction);
             let key = HeldKey {
                 identity: self.resolver.resolve(key.cgroup_id),
                 remote: None,
+                outbound: true,
                 direction,
             };
             self.attribute(inventory, key, counter, now, now);
@@ -172,13 +201,65 @@ impl<B: CountingBuffers> Pipeline<B> {
                 .inc_by(lost.packets);
         }
         self.sync_pod_series(inventory, now);
-        let held: u64 = self.held.values().map(|h| h.counter.bytes).sum();
+        let held: u64 = self
+            .held
+            .values()
+            .chain(self.pending_nat.values())
+            .map(|h| h.counter.bytes)
+            .sum();
         self.metrics.held_bytes.set(held as i64);
         self.metrics.pods_with_series.set(self.series.len() as i64);
         self.metrics
             .drain_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Finds a flow entry's real remote end (through conntrack for per-connection entries), then
+    /// attributes it. Entries to a Service address conntrack has not named yet wait up to
+    /// `nat_wait`; after that they are classified by the Service address and counted as
+    /// unresolved.
+    fn take_flow(
+        &mut self,
+        inventory: Option<&Inventory>,
+        nat: Option<&NatTable>,
+        key: &FlowKey,
+        counter: &Counter,
+        since: Instant,
+        now: Instant,
+    ) {
+        let seen = remote_addr(key);
+        let (remote, outbound) = match (key.is_connection(), nat) {
+            (true, Some(nat)) => match nat.resolve(key) {
+                Resolution::Translated { remote, outbound } => {
+                    self.metrics.nat_resolved_bytes.inc_by(counter.bytes);
+                    (remote, outbound)
+                }
+                Resolution::Direct => (seen, true),
+                Resolution::Unresolved => {
+                    let may_wait = now.duration_since(since) < self.options.nat_wait;
+                    if may_wait && self.pending_nat.len() < HOLD_CAPACITY {
+                        let p = self.pending_nat.entry(*key).or_insert(Held {
+                            counter: Counter::default(),
+                            since,
+                        });
+                        p.counter.add(counter.bytes, counter.packets);
+                        p.since = p.since.min(since);
+                        return;
+                    }
+                    self.metrics.nat_unresolved_bytes.inc_by(counter.bytes);
+                    (seen, true)
+                }
+            },
+            _ => (seen, true),
+        };
+        let key = HeldKey {
+            identity: self.resolver.resolve(key.cgroup_id),
+            remote: Some(remote),
+            outbound,
+            direction: Direction::from_abi(key.direction),
+        };
+        self.attribute(inventory, key, counter, since, now);
     }
 
     /// Rebuilds the classification table when the nodes, this node's pods or our own place
@@ -245,28 +326,33 @@ impl<B: CountingBuffers> Pipeline<B> {
             },
             _ => None,
         };
-        let class = match key.remote {
-            None => TrafficClass::Unknown,
+        let destination = match key.remote {
+            None => Destination::from(TrafficClass::Unknown),
             Some(addr) => {
-                let class = self.topology.classify(addr);
+                let destination =
+                    self.options
+                        .router
+                        .destination(&self.topology, addr, key.outbound);
                 // Internet and node-local answers do not depend on the inventory; private
                 // addresses do, and wait for it.
-                if class == TrafficClass::Unplaced && !self.topology_ready(inventory) {
+                if destination.class == TrafficClass::Unplaced && !self.topology_ready(inventory) {
                     if may_hold && self.hold(&key, counter, since) {
                         return;
                     }
                     self.metrics.hold_expired_bytes.inc_by(counter.bytes);
                 }
-                class
+                destination
             }
         };
         let labels = match (&key.identity, pod) {
             (_, Some(pod)) => {
                 self.note_series(&pod);
-                TrafficLabels::pod(&pod, class, key.direction)
+                let labels = TrafficLabels::pod(&pod, destination, key.direction);
+                self.note_extra(&labels);
+                labels
             }
-            (Identity::Node, None) => TrafficLabels::node(Owner::Node, class, key.direction),
-            (_, None) => TrafficLabels::node(Owner::Unknown, class, key.direction),
+            (Identity::Node, None) => TrafficLabels::node(Owner::Node, destination, key.direction),
+            (_, None) => TrafficLabels::node(Owner::Unknown, destination, key.direction),
         };
         self.metrics
             .bytes
@@ -299,6 +385,22 @@ impl<B: CountingBuffers> Pipeline<B> {
         true
     }
 
+    /// Remembers a series outside the pod's zero set, so it is removed with the pod.
+    fn note_extra(&mut self, labels: &TrafficLabels) {
+        let d = &labels.destination;
+        let zero_set = d.service.is_none()
+            && (d.route == crate::route::Route::Direct
+                || (d.class == TrafficClass::Internet && d.route == self.metrics.internet_route));
+        if zero_set {
+            return;
+        }
+        if let Some(series) = self.series.get_mut(&labels.pod.pod_uid) {
+            if !series.extra.contains(labels) {
+                series.extra.insert(labels.clone());
+            }
+        }
+    }
+
     /// Records that a pod has series under `labels` (creating them at zero first).
     fn note_series(&mut self, labels: &PodLabels) {
         let series = self
@@ -306,6 +408,7 @@ impl<B: CountingBuffers> Pipeline<B> {
             .entry(labels.pod_uid.clone())
             .or_insert_with(|| Series {
                 labels: Vec::new(),
+                extra: Default::default(),
                 gone_since: None,
             });
         if !series.labels.contains(labels) {
@@ -342,8 +445,9 @@ impl<B: CountingBuffers> Pipeline<B> {
             }
             let since = *series.gone_since.get_or_insert(now);
             if now.duration_since(since) >= grace {
+                let extra: Vec<TrafficLabels> = series.extra.iter().cloned().collect();
                 for labels in &series.labels {
-                    metrics.remove_pod(labels);
+                    metrics.remove_pod(labels, &extra);
                 }
                 return false;
             }
@@ -452,6 +556,9 @@ mod tests {
             PipelineOptions {
                 series_grace: grace,
                 hold_max: Duration::from_secs(3600),
+                router: Router::default(),
+                nat: None,
+                nat_wait: Duration::from_secs(10),
             },
         );
         Fixture {

@@ -7,12 +7,15 @@
 use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr};
 
 /// The traffic classes netcost reports, in the order AWS prices them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TrafficClass {
     /// Same availability zone, or never leaving the node (loopback, link-local): free.
     SameZone,
     /// Another zone of our region: $0.01/GB each way.
     CrossZone,
+    /// Inside our region but in no zone: a regional AWS service (S3, DynamoDB) of our region,
+    /// reached at its public address. No transfer charge (a NAT gateway's processing aside).
+    SameRegion,
     /// Another region: charged to the sending region.
     CrossRegion,
     /// A public address outside every configured range.
@@ -22,13 +25,15 @@ pub enum TrafficClass {
     Unplaced,
     /// The remote address was not recorded (the flow map was full; the bytes went to the pod's
     /// overflow entry).
+    #[default]
     Unknown,
 }
 
 impl TrafficClass {
-    pub const ALL: [TrafficClass; 6] = [
+    pub const ALL: [TrafficClass; 7] = [
         TrafficClass::SameZone,
         TrafficClass::CrossZone,
+        TrafficClass::SameRegion,
         TrafficClass::CrossRegion,
         TrafficClass::Internet,
         TrafficClass::Unplaced,
@@ -39,6 +44,7 @@ impl TrafficClass {
         match self {
             TrafficClass::SameZone => "same_zone",
             TrafficClass::CrossZone => "cross_zone",
+            TrafficClass::SameRegion => "same_region",
             TrafficClass::CrossRegion => "cross_region",
             TrafficClass::Internet => "internet",
             TrafficClass::Unplaced => "unplaced",
@@ -106,6 +112,30 @@ impl Cidr {
 
     pub fn prefix_bits(&self) -> u8 {
         self.bits
+    }
+
+    /// The single address `addr`.
+    pub fn host(addr: IpAddr) -> Cidr {
+        Cidr {
+            network: mapped(addr),
+            bits: 128,
+        }
+    }
+
+    /// The network address in its own family and the prefix length in that family.
+    pub fn parts(&self) -> (IpAddr, u8) {
+        let v6 = std::net::Ipv6Addr::from(self.network);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.bits >= 96 => (IpAddr::V4(v4), self.bits - 96),
+            _ => (IpAddr::V6(v6), self.bits),
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (addr, bits) = self.parts();
+        write!(f, "{addr}/{bits}")
     }
 }
 

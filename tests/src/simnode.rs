@@ -104,6 +104,8 @@ pub struct SimNode {
     pub pods: Vec<Pod>,
     pub cgroups: CgroupTree,
     traffic_bin: PathBuf,
+    /// cgroup of the processes on remote hosts (not a pod of this node).
+    remote_cgroup: PathBuf,
 }
 
 fn pod_uid(i: u32) -> String {
@@ -135,12 +137,14 @@ impl SimNode {
     /// hostNetwork pod, starts a traffic server on every remote host.
     pub fn build(traffic_bin: &Path, offloads: Offloads) -> Result<SimNode> {
         let cgroups = CgroupTree::new()?;
+        let remote_cgroup = cgroups.create("remote")?;
         let mut node = SimNode {
             servers: Vec::new(),
             namespaces: Vec::new(),
             pods: Vec::new(),
             cgroups,
             traffic_bin: traffic_bin.to_owned(),
+            remote_cgroup,
         };
         let ns = Netns::new("node")?;
         ns.sysctl("net.ipv4.ip_forward=1")?;
@@ -165,7 +169,6 @@ impl SimNode {
         router.ip(&format!("route add 10.0.1.0/24 via {NODE_V4}"))?;
         router.ip(&format!("-6 route add fd00:0:1::/64 via {NODE_V6}"))?;
 
-        let remote_cgroup = node.cgroups.create("remote")?;
         for (_, suffix, v4, v6) in REMOTES {
             let host = Netns::new(suffix)?;
             router.ip(&format!("link add rt-{suffix} type veth peer name eth0"))?;
@@ -178,20 +181,11 @@ impl SimNode {
             host.ip("link set eth0 up")?;
             host.ip(&format!("route add default via {v4}.1"))?;
             host.ip(&format!("-6 route add default via {v6}::1"))?;
-            let bin = traffic_bin.to_string_lossy().into_owned();
-            let listen = format!("[::]:{SERVER_PORT}");
-            let mut server = spawn_in(
-                &remote_cgroup,
-                Some(&host.name),
-                &[&bin, "serve", &listen],
-                true,
+            let server = node.start_server(
+                &node.remote_cgroup.clone(),
+                &host.name,
+                &format!("[::]:{SERVER_PORT}"),
             )?;
-            let stdout = server.child().stdout.take().context("server stdout")?;
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line)?;
-            if line.trim() != "ready" {
-                bail!("traffic server in {} did not start", host.name);
-            }
             node.servers.push(server);
             node.namespaces.push(host);
         }
@@ -232,6 +226,58 @@ impl SimNode {
         node.namespaces.push(ns);
         node.set_offloads(offloads)?;
         Ok(node)
+    }
+
+    fn start_server(&self, cgroup: &Path, netns: &str, listen: &str) -> Result<Proc> {
+        let bin = self.traffic_bin.to_string_lossy().into_owned();
+        let mut server = spawn_in(cgroup, Some(netns), &[&bin, "serve", listen], true)?;
+        let stdout = server.child().stdout.take().context("server stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("traffic server in {netns} did not start");
+        }
+        Ok(server)
+    }
+
+    /// Starts a traffic server in a pod (its cgroup and netns), listening on `listen`.
+    pub fn serve_in_pod(&mut self, pod: &str, listen: &str) -> Result<()> {
+        let (cgroup, netns) = {
+            let p = self.pod(pod);
+            (p.cgroup.clone(), p.netns.clone())
+        };
+        let server = self.start_server(&cgroup, &netns, listen)?;
+        self.servers.push(server);
+        Ok(())
+    }
+
+    /// One of the node's namespaces by suffix (`node`, `router`, `rsz`, `pod1`…).
+    pub fn netns(&self, suffix: &str) -> Result<&Netns> {
+        self.namespaces
+            .iter()
+            .find(|n| n.name.strip_prefix(crate::NETNS_PREFIX) == Some(suffix))
+            .with_context(|| format!("no namespace {suffix}"))
+    }
+
+    /// Runs `nct-traffic MODE ADDR ARGS…` from `pod` to any address.
+    pub fn transfer_to(&self, pod: &str, addr: &str, mode: &[&str]) -> Result<()> {
+        let pod = self.pod(pod);
+        self.traffic(&pod.cgroup, &pod.netns, addr, mode)
+            .with_context(|| format!("{} → {addr} {mode:?}", pod.name))
+    }
+
+    /// Runs `nct-traffic MODE ADDR ARGS…` on a remote host (`rin`, `rsz`…), outside every pod.
+    pub fn transfer_from_remote(&self, host: &str, addr: &str, mode: &[&str]) -> Result<()> {
+        let netns = self.netns(host)?.name.clone();
+        self.traffic(&self.remote_cgroup, &netns, addr, mode)
+            .with_context(|| format!("{host} → {addr} {mode:?}"))
+    }
+
+    fn traffic(&self, cgroup: &Path, netns: &str, addr: &str, mode: &[&str]) -> Result<()> {
+        let bin = self.traffic_bin.to_string_lossy().into_owned();
+        let mut argv = vec![bin.as_str(), mode[0], addr];
+        argv.extend_from_slice(&mode[1..]);
+        spawn_in(cgroup, Some(netns), &argv, false)?.finish()
     }
 
     fn add_pod(

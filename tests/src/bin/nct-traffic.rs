@@ -6,6 +6,8 @@
 //!                        "ready" once bound.
 //! send ADDR BYTES      — TCP: send BYTES to the server.
 //! recv ADDR BYTES      — TCP: have the server send BYTES to us.
+//! storm ADDR COUNT BYTES — TCP: COUNT short connections one after another, each asking the server
+//!                        for BYTES (a request, a response, the close: sub-second connections).
 //! udp ADDR COUNT SIZE  — UDP: COUNT datagrams of SIZE payload bytes, each echoed, one in flight at a
 //!                        time so that no queue overflows.
 use std::{
@@ -27,6 +29,14 @@ fn main() -> Result<()> {
         "serve" => serve(arg(1)?.parse()?),
         "send" => send(arg(1)?.parse()?, arg(2)?.parse()?),
         "recv" => recv(arg(1)?.parse()?, arg(2)?.parse()?),
+        "storm" => {
+            let (addr, count, bytes) =
+                (arg(1)?.parse()?, arg(2)?.parse::<u32>()?, arg(3)?.parse()?);
+            for _ in 0..count {
+                recv(addr, bytes)?;
+            }
+            Ok(())
+        }
         "udp" => udp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         other => bail!("unknown mode {other}"),
     }

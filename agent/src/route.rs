@@ -1,0 +1,202 @@
+//! The last step of classification: what a public destination really is and which way the bytes
+//! leave the VPC. An address in an AWS service range is that service (in our region: not internet
+//! on the bill); internet-bound bytes of a subnet that routes through a NAT gateway pass it (and
+//! cross a zone first when it sits in another zone), unless a gateway VPC endpoint carries them.
+
+use std::{net::IpAddr, sync::Arc};
+
+use crate::{
+    services::ServiceRanges,
+    topology::{classify_place, Place, StaticTopology, Topology, TrafficClass},
+};
+
+/// How bytes leave the VPC.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Route {
+    /// Within the VPC, or straight out through an internet gateway.
+    #[default]
+    Direct,
+    /// Through the subnet's NAT gateway; `cross_zone` when it sits in another zone than ours.
+    NatGateway { cross_zone: bool },
+    /// Through a gateway VPC endpoint (S3, DynamoDB): free.
+    GatewayEndpoint,
+}
+
+/// Where bytes went, fully.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Destination {
+    pub class: TrafficClass,
+    /// Cloud-service tag (`aws-s3`), when the address is in a service range.
+    pub service: Option<Arc<str>>,
+    pub route: Route,
+}
+
+impl From<TrafficClass> for Destination {
+    fn from(class: TrafficClass) -> Destination {
+        Destination {
+            class,
+            service: None,
+            route: Route::Direct,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Router {
+    pub services: ServiceRanges,
+    /// The NAT gateway's place (zone and/or zone ID), if the subnet has one.
+    pub nat_gateway: Option<Place>,
+    /// Service tags reached through gateway VPC endpoints.
+    pub gateway_endpoints: Vec<String>,
+}
+
+impl Router {
+    /// Where bytes to `addr` go. `outbound`: our side opened the connection (or we cannot tell);
+    /// replies to connections the internet opened to us do not pass a NAT gateway.
+    pub fn destination(
+        &self,
+        topology: &StaticTopology,
+        addr: IpAddr,
+        outbound: bool,
+    ) -> Destination {
+        let class = topology.classify(addr);
+        if class != TrafficClass::Internet {
+            return class.into();
+        }
+        let own = topology.own();
+        let service = self.services.lookup(addr);
+        let (class, in_region_service) = match service.and_then(|s| s.region.as_deref()) {
+            Some(region) if own.region.as_deref() == Some(region) => {
+                (TrafficClass::SameRegion, true)
+            }
+            Some(_) if own.region.is_some() => (TrafficClass::CrossRegion, false),
+            _ => (TrafficClass::Internet, false),
+        };
+        let tag = service.map(|s| s.tag.clone());
+        let via_endpoint = in_region_service
+            && tag
+                .as_deref()
+                .is_some_and(|t| self.gateway_endpoints.iter().any(|e| e == t));
+        let route = if via_endpoint {
+            Route::GatewayEndpoint
+        } else {
+            match &self.nat_gateway {
+                Some(gw) if outbound => {
+                    let gw = Place {
+                        region: own.region.clone(),
+                        ..gw.clone()
+                    };
+                    Route::NatGateway {
+                        cross_zone: classify_place(own, &gw) == TrafficClass::CrossZone,
+                    }
+                }
+                _ => Route::Direct,
+            }
+        };
+        Destination {
+            class,
+            service: tag,
+            route,
+        }
+    }
+
+    /// The route plain internet bytes take from this node (for series created before any byte).
+    pub fn internet_route(&self, own: &Place) -> Route {
+        match &self.nat_gateway {
+            Some(gw) => {
+                let gw = Place {
+                    region: own.region.clone(),
+                    ..gw.clone()
+                };
+                Route::NatGateway {
+                    cross_zone: classify_place(own, &gw) == TrafficClass::CrossZone,
+                }
+            }
+            None => Route::Direct,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> StaticTopology {
+        let mut own = Place::zone("us-east-1a", "us-east-1");
+        own.zone_id = Some("use1-az1".into());
+        StaticTopology::new(own, vec!["10.0.0.0/16".parse().unwrap()], vec![])
+    }
+
+    fn router(gateway_zone_id: Option<&str>, endpoints: &[&str]) -> Router {
+        Router {
+            services: ServiceRanges::parse(
+                "test",
+                "52.216.0.0/15 aws-s3 us-east-1\n3.5.0.0/19 aws-s3 eu-west-1\n3.218.180.0/22 aws-dynamodb us-east-1\n",
+            )
+            .unwrap(),
+            nat_gateway: gateway_zone_id.map(|z| Place {
+                zone_id: Some(z.into()),
+                ..Place::default()
+            }),
+            gateway_endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn dest(r: &Router, addr: &str, outbound: bool) -> Destination {
+        r.destination(&topology(), addr.parse().unwrap(), outbound)
+    }
+
+    #[test]
+    fn services_of_our_region_are_not_internet_and_others_are_cross_region() {
+        let r = router(None, &[]);
+        let s3 = dest(&r, "52.216.8.1", true);
+        assert_eq!(
+            (s3.class, s3.service.as_deref(), s3.route),
+            (TrafficClass::SameRegion, Some("aws-s3"), Route::Direct)
+        );
+        let eu = dest(&r, "3.5.1.1", true);
+        assert_eq!(
+            (eu.class, eu.service.as_deref()),
+            (TrafficClass::CrossRegion, Some("aws-s3"))
+        );
+        assert_eq!(dest(&r, "203.0.113.1", true), TrafficClass::Internet.into());
+        assert_eq!(dest(&r, "10.0.5.5", true), TrafficClass::Unplaced.into());
+    }
+
+    #[test]
+    fn nat_gateway_and_gateway_endpoints_are_told_apart() {
+        // Gateway in another zone (zone IDs compared), S3 through a gateway endpoint.
+        let r = router(Some("use1-az2"), &["aws-s3"]);
+        assert_eq!(
+            dest(&r, "203.0.113.1", true).route,
+            Route::NatGateway { cross_zone: true }
+        );
+        assert_eq!(dest(&r, "52.216.8.1", true).route, Route::GatewayEndpoint);
+        // DynamoDB has no endpoint here: through the NAT gateway.
+        let ddb = dest(&r, "3.218.180.9", true);
+        assert_eq!(
+            (ddb.class, ddb.route),
+            (
+                TrafficClass::SameRegion,
+                Route::NatGateway { cross_zone: true }
+            )
+        );
+        // Endpoints only serve our region: S3 of eu-west-1 goes through the NAT gateway.
+        assert_eq!(
+            dest(&r, "3.5.1.1", true).route,
+            Route::NatGateway { cross_zone: true }
+        );
+        // Connections the internet opened to us do not pass the NAT gateway.
+        assert_eq!(dest(&r, "203.0.113.1", false).route, Route::Direct);
+        // Gateway in our own zone.
+        let same = router(Some("use1-az1"), &[]);
+        assert_eq!(
+            dest(&same, "203.0.113.1", true).route,
+            Route::NatGateway { cross_zone: false }
+        );
+        assert_eq!(
+            same.internet_route(topology().own()),
+            Route::NatGateway { cross_zone: false }
+        );
+    }
+}

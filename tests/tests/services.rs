@@ -1,0 +1,284 @@
+//! Root integration tests of Service and NAT classification on the simulated node, with
+//! kube-proxy-like iptables rules in the node's namespace:
+//!
+//! - ClusterIP 172.20.0.10:80, DNATed at random (50/50) to a backend in our zone (10.0.2.10) and
+//!   one in another zone (10.0.16.10), in PREROUTING (pod-network pods) and OUTPUT (hostNetwork);
+//! - NodePort 10.0.0.1:30080 → pod2:5001, masqueraded to the bridge address like kube-proxy's
+//!   externalTrafficPolicy=Cluster;
+//! - MASQUERADE of pod traffic to the internet hosts.
+//!
+//! The truth for each backend zone is an HTB meter where the packets carry the backend's address
+//! (the router's links to the backends, and the backends' own links), so it does not depend on
+//! any NAT bookkeeping. Every packet stays inside the test's namespaces.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use netcost_tests::{
+    agent::{Agent, Samples},
+    meter::Meter,
+    serial,
+    simnode::{Family, Offloads, SimNode, TOPOLOGY_YAML},
+};
+
+const DRAIN: Duration = Duration::from_millis(500);
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_nct-traffic");
+/// Per backend zone, the agent must agree with the meters within 0.5 %.
+const TOLERANCE: f64 = 0.005;
+const CLUSTER_IP: &str = "172.20.0.10";
+const STORM: u32 = 2_000;
+
+fn config() -> String {
+    format!(
+        "drain_interval_seconds: 0.5\nkubernetes: {{ enabled: false }}\n\
+         nat: {{ conntrack: true, netns: /run/netns/nct-node, service_cidrs: [\"172.20.0.0/16\"], retention_seconds: 2 }}\n\
+         {TOPOLOGY_YAML}"
+    )
+}
+
+fn iptables(node: &SimNode, rule: &str) -> Result<()> {
+    let mut argv = vec!["iptables", "-w"];
+    argv.extend(rule.split_whitespace());
+    node.netns("node")?.exec(&argv).map(drop)
+}
+
+/// kube-proxy's rules for the ClusterIP, the NodePort and the masquerade.
+fn kube_proxy_rules(node: &SimNode) -> Result<()> {
+    for chain in ["PREROUTING", "OUTPUT"] {
+        iptables(node, &format!("-t nat -A {chain} -d {CLUSTER_IP}/32 -p tcp --dport 80 -m statistic --mode random --probability 0.5 -j DNAT --to-destination 10.0.2.10:5001"))?;
+        iptables(node, &format!("-t nat -A {chain} -d {CLUSTER_IP}/32 -p tcp --dport 80 -j DNAT --to-destination 10.0.16.10:5001"))?;
+    }
+    iptables(node, "-t nat -A PREROUTING -d 10.0.0.1/32 -p tcp --dport 30080 -j DNAT --to-destination 10.0.1.12:5001")?;
+    iptables(node, "-t nat -A POSTROUTING -d 10.0.1.12/32 -p tcp --dport 5001 -m conntrack --ctstate DNAT --ctorigdstport 30080 -j MASQUERADE")?;
+    iptables(
+        node,
+        "-t nat -A POSTROUTING -s 10.0.1.0/24 -d 203.0.113.0/24 -o up0 -j MASQUERADE",
+    )?;
+    // Short connections leave conntrack soon after they close (kube-proxy's nodes keep the
+    // default 120 s; the churn check below needs the DESTROY events within the test).
+    node.netns("node")?
+        .sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")?;
+    Ok(())
+}
+
+fn u32_match(field: &str, addr: &str) -> (&'static str, String) {
+    ("ip", format!("match ip {field} {addr}"))
+}
+
+fn pod_bytes(samples: &Samples, uid: &str, class: &str, direction: &str) -> f64 {
+    samples.sum(
+        "netcost_network_bytes_total",
+        &[
+            ("owner", "pod"),
+            ("pod_uid", uid),
+            ("traffic_class", class),
+            ("direction", direction),
+        ],
+    )
+}
+
+fn within(got: f64, truth: f64) -> bool {
+    (got - truth).abs() <= truth * TOLERANCE
+}
+
+#[test]
+fn service_nodeport_and_masquerade_bytes_go_to_the_real_remote_end() -> Result<()> {
+    let _serial = serial();
+    let mut node = SimNode::build(TRAFFIC.as_ref(), Offloads::Default)?;
+    kube_proxy_rules(&node)?;
+    node.serve_in_pod("pod2", "0.0.0.0:5001")?;
+
+    // Truth per backend zone: what reaches each backend from a client, and what it sends back.
+    let from = |ns: &str, dev: &str| -> Result<Meter> {
+        Meter::install(
+            &node.netns(ns)?.name,
+            dev,
+            &[
+                ("pod1", vec![u32_match("src", "10.0.1.11/32")]),
+                ("hostpod", vec![u32_match("src", "10.0.0.1/32")]),
+            ],
+        )
+    };
+    let to = |ns: &str| -> Result<Meter> {
+        Meter::install(
+            &node.netns(ns)?.name,
+            "eth0",
+            &[
+                ("pod1", vec![u32_match("dst", "10.0.1.11/32")]),
+                ("hostpod", vec![u32_match("dst", "10.0.0.1/32")]),
+            ],
+        )
+    };
+    let zones = [("same_zone", "rsz"), ("cross_zone", "rxz")];
+    let mut sent = Vec::new();
+    let mut received = Vec::new();
+    for (class, host) in zones {
+        sent.push((class, from("router", &format!("rt-{host}"))?));
+        received.push((class, to(host)?));
+    }
+    // NodePort truth: the internet client's bytes to the node port, and the answers.
+    let nodeport_in = Meter::install(
+        &node.netns("rin")?.name,
+        "eth0",
+        &[(
+            "nodeport",
+            vec![(
+                "ip",
+                "match ip dst 10.0.0.1/32 match ip dport 30080 0xffff".into(),
+            )],
+        )],
+    )?;
+    let nodeport_out = Meter::install(
+        &node.netns("router")?.name,
+        "rt-rin",
+        &[(
+            "nodeport",
+            vec![(
+                "ip",
+                "match ip src 10.0.0.1/32 match ip sport 30080 0xffff".into(),
+            )],
+        )],
+    )?;
+
+    let agent = Agent::start("services", &config())?;
+    let service = format!("{CLUSTER_IP}:80");
+    // Many connections, so the random split lands on both backends; both directions.
+    for _ in 0..24 {
+        node.transfer_to("pod1", &service, &["send", "300000"])?;
+        node.transfer_to("pod1", &service, &["recv", "200000"])?;
+    }
+    for _ in 0..8 {
+        node.transfer_to("hostpod", &service, &["send", "400000"])?;
+        node.transfer_to("hostpod", &service, &["recv", "300000"])?;
+    }
+    // A storm of sub-second connections through the Service.
+    let storm_started = Instant::now();
+    node.transfer_to("pod1", &service, &["storm", &STORM.to_string(), "2000"])?;
+    let storm_took = storm_started.elapsed();
+    // NodePort from the internet to pod2, and pod2 to the internet through MASQUERADE.
+    node.transfer_from_remote("rin", "10.0.0.1:30080", &["send", "3000000"])?;
+    node.transfer_from_remote("rin", "10.0.0.1:30080", &["recv", "2000000"])?;
+    node.transfer("pod2", "internet", Family::V4, &["send", "1500000"])?;
+    node.transfer("pod2", "internet", Family::V4, &["recv", "1000000"])?;
+
+    let samples = agent.settled_metrics(DRAIN)?;
+    let mut failures = Vec::new();
+    let mut report = vec![format!(
+        "{:<8} {:<10} {:<8} {:>12} {:>12} {:>8}",
+        "pod", "backend", "dir", "truth", "netcost", "diff %"
+    )];
+    for pod_name in ["pod1", "hostpod"] {
+        let pod = node.pod(pod_name);
+        for (direction, meters) in [("egress", &sent), ("ingress", &received)] {
+            let mut total_truth = 0.0;
+            for (class, meter) in meters.iter() {
+                let truth = *meter.read()?.get(pod_name).unwrap_or(&0) as f64;
+                total_truth += truth;
+                let got = pod_bytes(&samples, &pod.uid, class, direction);
+                let diff = if truth > 0.0 {
+                    (got - truth) / truth * 100.0
+                } else {
+                    0.0
+                };
+                report.push(format!(
+                    "{pod_name:<8} {class:<10} {direction:<8} {truth:>12} {got:>12} {diff:>8.3}"
+                ));
+                if truth == 0.0 || !within(got, truth) {
+                    failures.push(format!(
+                        "{pod_name} {class} {direction}: netcost {got}, truth {truth}"
+                    ));
+                }
+            }
+            // Nothing of it may be classified by the Service address.
+            for class in [
+                "internet",
+                "unplaced",
+                "cross_region",
+                "same_region",
+                "unknown",
+            ] {
+                let wrong = pod_bytes(&samples, &pod.uid, class, direction);
+                if wrong != 0.0 {
+                    failures.push(format!("{pod_name} {direction}: {wrong} bytes misclassified as {class} (of {total_truth})"));
+                }
+            }
+        }
+    }
+    // pod2: NodePort bytes from the internet client plus its own masqueraded internet traffic.
+    let pod2 = node.pod("pod2");
+    let own = pod2.truth()?;
+    for (direction, nodeport) in [("ingress", &nodeport_in), ("egress", &nodeport_out)] {
+        let np = *nodeport.read()?.get("nodeport").unwrap_or(&0) as f64;
+        let masq = *own
+            .get(&("internet".to_owned(), direction.to_owned()))
+            .unwrap_or(&0) as f64;
+        let truth = np + masq;
+        let got = pod_bytes(&samples, &pod2.uid, "internet", direction);
+        report.push(format!(
+            "{:<8} {:<10} {direction:<8} {truth:>12} {got:>12} {:>8.3}   (NodePort {np} + masquerade {masq})",
+            "pod2",
+            "internet",
+            (got - truth) / truth * 100.0
+        ));
+        if np == 0.0 || masq == 0.0 || !within(got, truth) {
+            failures.push(format!("pod2 internet {direction}: netcost {got}, truth {truth} (NodePort {np}, masquerade {masq})"));
+        }
+        for class in ["same_zone", "cross_zone", "unplaced", "unknown"] {
+            let wrong = pod_bytes(&samples, &pod2.uid, class, direction);
+            if wrong != 0.0 {
+                failures.push(format!(
+                    "pod2 {direction}: {wrong} NodePort/masquerade bytes classified {class}"
+                ));
+            }
+        }
+    }
+    let unresolved = samples.sum("netcost_nat_unresolved_bytes_total", &[]);
+    let resolved = samples.sum("netcost_nat_resolved_bytes_total", &[]);
+    let new_events = samples
+        .value("netcost_conntrack_events_total", &[("event", "new")])
+        .unwrap_or(0.0);
+    report.push(format!(
+        "storm: {STORM} connections in {storm_took:?}; conntrack NEW events read {new_events}; NAT-resolved bytes {resolved}, unresolved {unresolved}"
+    ));
+    if unresolved != 0.0 {
+        failures.push(format!(
+            "{unresolved} bytes to the Service address were not resolved"
+        ));
+    }
+    if new_events < STORM as f64 {
+        failures.push(format!(
+            "only {new_events} NEW events for a storm of {STORM}"
+        ));
+    }
+
+    // Churn: once conntrack destroyed the storm's connections and the retention passed, the
+    // table is empty again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut connections;
+    loop {
+        connections = agent
+            .metrics()?
+            .value("netcost_nat_connections", &[])
+            .context("no netcost_nat_connections")?;
+        if connections == 0.0 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    report.push(format!(
+        "translated connections remembered after churn: {connections}"
+    ));
+    if connections != 0.0 {
+        failures.push(format!(
+            "{connections} translated connections still remembered 60 s after the storm"
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+    let log = agent.stop()?;
+    ensure!(
+        failures.is_empty(),
+        "{}\nagent log:\n{log}",
+        failures.join("\n")
+    );
+    Ok(())
+}
