@@ -5,7 +5,9 @@
 //!   one in another zone (10.0.16.10), in PREROUTING (pod-network pods) and OUTPUT (hostNetwork);
 //! - NodePort 10.0.0.1:30080 → pod2:5001, masqueraded to the bridge address like kube-proxy's
 //!   externalTrafficPolicy=Cluster;
-//! - MASQUERADE of pod traffic to the internet hosts.
+//! - MASQUERADE of pod traffic to the internet hosts, through a NAT gateway in another zone
+//!   (config), with two "AWS service" addresses on the internet host (a test service-ranges
+//!   file): S3 through a gateway endpoint, DynamoDB through the NAT gateway.
 //!
 //! The truth for each backend zone is an HTB meter where the packets carry the backend's address
 //! (the router's links to the backends, and the backends' own links), so it does not depend on
@@ -28,12 +30,27 @@ const TOLERANCE: f64 = 0.005;
 const CLUSTER_IP: &str = "172.20.0.10";
 const STORM: u32 = 2_000;
 
-fn config() -> String {
+/// The test's service ranges: two addresses of the internet host play S3 and DynamoDB.
+const RANGES: &str =
+    "# test ranges\n203.0.113.100/32 aws-s3 us-east-1\n203.0.113.101/32 aws-dynamodb us-east-1\n";
+
+fn config(ranges: &std::path::Path) -> String {
     format!(
         "drain_interval_seconds: 0.5\nkubernetes: {{ enabled: false }}\n\
          nat: {{ conntrack: true, netns: /run/netns/nct-node, service_cidrs: [\"172.20.0.0/16\"], retention_seconds: 2 }}\n\
-         {TOPOLOGY_YAML}"
+         egress: {{ nat_gateway: {{ zone: us-east-1b }}, gateway_endpoints: [aws-s3] }}\n\
+         services: {{ file: {} }}\n\
+         {TOPOLOGY_YAML}",
+        ranges.display()
     )
+}
+
+/// A file removed on drop.
+struct TempFile(std::path::PathBuf);
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn iptables(node: &SimNode, rule: &str) -> Result<()> {
@@ -116,31 +133,38 @@ fn service_nodeport_and_masquerade_bytes_go_to_the_real_remote_end() -> Result<(
         sent.push((class, from("router", &format!("rt-{host}"))?));
         received.push((class, to(host)?));
     }
-    // NodePort truth: the internet client's bytes to the node port, and the answers.
-    let nodeport_in = Meter::install(
+    // NodePort truth (the internet client's bytes to the node port, and the answers) and the
+    // "AWS services" truth, on the internet host's side of the NAT.
+    node.add_internet_aliases(2)?;
+    let nodeport = |field: &str, port_field: &str| {
+        (
+            "ip",
+            format!("match ip {field} 10.0.0.1/32 match ip {port_field} 30080 0xffff"),
+        )
+    };
+    let internet_in = Meter::install(
         &node.netns("rin")?.name,
         "eth0",
-        &[(
-            "nodeport",
-            vec![(
-                "ip",
-                "match ip dst 10.0.0.1/32 match ip dport 30080 0xffff".into(),
-            )],
-        )],
+        &[
+            ("nodeport", vec![nodeport("dst", "dport")]),
+            ("aws-s3", vec![u32_match("src", "203.0.113.100/32")]),
+            ("aws-dynamodb", vec![u32_match("src", "203.0.113.101/32")]),
+        ],
     )?;
-    let nodeport_out = Meter::install(
+    let internet_out = Meter::install(
         &node.netns("router")?.name,
         "rt-rin",
-        &[(
-            "nodeport",
-            vec![(
-                "ip",
-                "match ip src 10.0.0.1/32 match ip sport 30080 0xffff".into(),
-            )],
-        )],
+        &[
+            ("nodeport", vec![nodeport("src", "sport")]),
+            ("aws-s3", vec![u32_match("dst", "203.0.113.100/32")]),
+            ("aws-dynamodb", vec![u32_match("dst", "203.0.113.101/32")]),
+        ],
     )?;
+    let ranges =
+        TempFile(std::env::temp_dir().join(format!("nct-ranges-{}.tsv", std::process::id())));
+    std::fs::write(&ranges.0, RANGES)?;
 
-    let agent = Agent::start("services", &config())?;
+    let agent = Agent::start("services", &config(&ranges.0))?;
     let service = format!("{CLUSTER_IP}:80");
     // Many connections, so the random split lands on both backends; both directions.
     for _ in 0..24 {
@@ -160,6 +184,8 @@ fn service_nodeport_and_masquerade_bytes_go_to_the_real_remote_end() -> Result<(
     node.transfer_from_remote("rin", "10.0.0.1:30080", &["recv", "2000000"])?;
     node.transfer("pod2", "internet", Family::V4, &["send", "1500000"])?;
     node.transfer("pod2", "internet", Family::V4, &["recv", "1000000"])?;
+    node.transfer_to("pod2", "203.0.113.100:5001", &["send", "800000"])?;
+    node.transfer_to("pod2", "203.0.113.101:5001", &["recv", "600000"])?;
 
     let samples = agent.settled_metrics(DRAIN)?;
     let mut failures = Vec::new();
@@ -204,26 +230,84 @@ fn service_nodeport_and_masquerade_bytes_go_to_the_real_remote_end() -> Result<(
             }
         }
     }
-    // pod2: NodePort bytes from the internet client plus its own masqueraded internet traffic.
+    // pod2: NodePort bytes from the internet client (they came in: no NAT gateway), its own
+    // masqueraded internet traffic (out through the NAT gateway in us-east-1b), S3 through the
+    // gateway endpoint and DynamoDB through the NAT gateway.
     let pod2 = node.pod("pod2");
     let own = pod2.truth()?;
-    for (direction, nodeport) in [("ingress", &nodeport_in), ("egress", &nodeport_out)] {
-        let np = *nodeport.read()?.get("nodeport").unwrap_or(&0) as f64;
+    let series = |direction: &str, extra: &[(&str, &str)]| {
+        let mut want = vec![
+            ("owner", "pod"),
+            ("pod_uid", pod2.uid.as_str()),
+            ("direction", direction),
+        ];
+        want.extend_from_slice(extra);
+        samples.sum("netcost_network_bytes_total", &want)
+    };
+    for (direction, meter) in [("ingress", &internet_in), ("egress", &internet_out)] {
+        let m = meter.read()?;
+        let np = *m.get("nodeport").unwrap_or(&0) as f64;
+        let s3 = *m.get("aws-s3").unwrap_or(&0) as f64;
+        let ddb = *m.get("aws-dynamodb").unwrap_or(&0) as f64;
+        // pod2's own meters see every 203.0.113.0/24 byte as internet, the services included.
         let masq = *own
             .get(&("internet".to_owned(), direction.to_owned()))
-            .unwrap_or(&0) as f64;
-        let truth = np + masq;
-        let got = pod_bytes(&samples, &pod2.uid, "internet", direction);
-        report.push(format!(
-            "{:<8} {:<10} {direction:<8} {truth:>12} {got:>12} {:>8.3}   (NodePort {np} + masquerade {masq})",
-            "pod2",
-            "internet",
-            (got - truth) / truth * 100.0
-        ));
-        if np == 0.0 || masq == 0.0 || !within(got, truth) {
-            failures.push(format!("pod2 internet {direction}: netcost {got}, truth {truth} (NodePort {np}, masquerade {masq})"));
+            .unwrap_or(&0) as f64
+            - s3
+            - ddb;
+        let nat_gw = [("nat_gateway", "true"), ("nat_gateway_hop", "cross_zone")];
+        let internet = series(direction, &[("traffic_class", "internet")]);
+        let via_gw = series(
+            direction,
+            &[&[("traffic_class", "internet")][..], &nat_gw[..]].concat(),
+        );
+        let s3_got = series(
+            direction,
+            &[
+                ("traffic_class", "same_region"),
+                ("service", "aws-s3"),
+                ("gateway_endpoint", "true"),
+            ],
+        );
+        let ddb_got = series(
+            direction,
+            &[
+                &[
+                    ("traffic_class", "same_region"),
+                    ("service", "aws-dynamodb"),
+                ][..],
+                &nat_gw[..],
+            ]
+            .concat(),
+        );
+        for (what, got, truth) in [
+            ("internet, NodePort (no NAT gateway)", internet - via_gw, np),
+            ("internet via NAT gateway (masquerade)", via_gw, masq),
+            ("same_region aws-s3 via gateway endpoint", s3_got, s3),
+            ("same_region aws-dynamodb via NAT gateway", ddb_got, ddb),
+        ] {
+            let diff = if truth > 0.0 {
+                (got - truth) / truth * 100.0
+            } else {
+                0.0
+            };
+            report.push(format!(
+                "{:<8} {what:<42} {direction:<8} {truth:>12} {got:>12} {diff:>8.3}",
+                "pod2"
+            ));
+            if truth <= 0.0 || !within(got, truth) {
+                failures.push(format!(
+                    "pod2 {what} {direction}: netcost {got}, truth {truth}"
+                ));
+            }
         }
-        for class in ["same_zone", "cross_zone", "unplaced", "unknown"] {
+        for class in [
+            "same_zone",
+            "cross_zone",
+            "cross_region",
+            "unplaced",
+            "unknown",
+        ] {
             let wrong = pod_bytes(&samples, &pod2.uid, class, direction);
             if wrong != 0.0 {
                 failures.push(format!(
