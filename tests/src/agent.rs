@@ -111,6 +111,29 @@ impl Agent {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// CPU time (ns, from schedstat) of each of the agent's threads, by thread name, summed over
+    /// threads of the same name.
+    pub fn thread_cpu_ns(&mut self) -> Result<BTreeMap<String, u64>> {
+        let pid = self.proc.child().id();
+        let mut out = BTreeMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let dir = task?.path();
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("schedstat")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            let ns: u64 = stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .context("unreadable schedstat")?;
+            *out.entry(comm.trim().to_owned()).or_default() += ns;
+        }
+        Ok(out)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod ranges;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the bench use, each with a command that proves it is there.
@@ -25,7 +26,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   build   install missing tools, build the agent (release)
   run     build, then run the agent on this machine (Ctrl-C stops it and detaches its programs)
   test    install missing tools, run every test (unit tests, then the root netns tests one at a time)
-  bench   per-packet cost and throughput with and without the agent; memory with 250 pods";
+  service-ranges FILE   regenerate the bundled AWS S3/DynamoDB ranges from ip-ranges.json
+  bench   per-packet cost and throughput with and without the agent; memory with 250 pods;
+          conntrack resolver CPU per 1,000 new connections";
 
 fn main() -> Result<()> {
     let mut args = env::args().skip(1);
@@ -38,12 +41,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         "run" => run(&rest),
+        "service-ranges" => ranges::run(&rest),
         "test" => test(&rest),
         "bench" => {
             let tools = ensure_tools()?;
             let agent = build_agent(&tools)?;
             bench::run(&tools, &agent)?;
-            kube_bench(&tools, &agent)
+            kube_bench(&tools, &agent)?;
+            nat_bench(&tools, &agent)
         }
         _ => {
             eprintln!("{USAGE}");
@@ -66,6 +71,26 @@ fn kube_bench(tools: &Tools, agent: &Path) -> Result<()> {
     step("agent memory with 250 pods through pod churn and node updates");
     status(
         Command::new(workspace_root().join("target/release/nct-kube-bench"))
+            .env("NETCOST_AGENT_BIN", agent),
+    )
+}
+
+/// The conntrack resolver's CPU per 1,000 new connections through a DNATed ClusterIP.
+fn nat_bench(tools: &Tools, agent: &Path) -> Result<()> {
+    step("building the NAT resolver bench");
+    status(tools.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "netcost-tests",
+        "--bin",
+        "nct-nat-bench",
+        "--bin",
+        "nct-traffic",
+    ]))?;
+    step("resolver CPU per 1,000 new connections (storms through a ClusterIP on the netns node)");
+    status(
+        Command::new(workspace_root().join("target/release/nct-nat-bench"))
             .env("NETCOST_AGENT_BIN", agent),
     )
 }
