@@ -211,13 +211,22 @@ impl ConntrackSocket {
     /// Reads one datagram. `ErrorKind::WouldBlock`/`TimedOut` when nothing came within the
     /// timeout; `ENOBUFS` when the kernel dropped events because we fell behind.
     pub fn recv(&mut self) -> Result<Received, ConntrackError> {
+        self.recv_with(0)
+    }
+
+    /// Reads one datagram if one is queued (`ErrorKind::WouldBlock` otherwise).
+    pub fn try_recv(&mut self) -> Result<Received, ConntrackError> {
+        self.recv_with(libc::MSG_DONTWAIT)
+    }
+
+    fn recv_with(&mut self, flags: libc::c_int) -> Result<Received, ConntrackError> {
         // SAFETY: receiving into a buffer we own, of its length.
         let n = unsafe {
             libc::recv(
                 self.fd.as_raw_fd(),
                 self.buf.as_mut_ptr() as *mut libc::c_void,
                 self.buf.len(),
-                0,
+                flags,
             )
         };
         if n < 0 {

@@ -87,6 +87,9 @@ pub struct NatTable {
 
 pub type SharedNat = Arc<Mutex<NatTable>>;
 
+/// Pause between batches of conntrack events (see `Reader::run`).
+const EVENT_BATCH_NAP: Duration = Duration::from_millis(20);
+
 /// How long an address nothing uses any more stays in the kernel's prefixes.
 const LEARNED_IDLE: Duration = Duration::from_secs(600);
 
@@ -305,6 +308,11 @@ impl NatTable {
             self.peers.remove(&original);
             self.peers.remove(&reply);
         }
+        // A storm's worth of capacity is given back once it has passed.
+        if self.peers.capacity() > 4096 && self.peers.len() < self.peers.capacity() / 4 {
+            self.peers.shrink_to(self.peers.len() * 2);
+            self.expiring.shrink_to(self.expiring.len() * 2);
+        }
         let idle: Vec<IpAddr> = self
             .learned
             .iter()
@@ -477,36 +485,40 @@ impl Reader {
         let mut last_resync = Instant::now();
         let mut last_sync = Instant::now();
         loop {
-            match self.events.recv() {
-                Ok(got) => {
-                    for e in &got.events {
-                        let event = match e {
-                            Event::New(_) => "new",
-                            Event::Destroy(_) => "destroy",
-                        };
-                        self.metrics
-                            .conntrack_events
-                            .get_or_create(&EventLabels { event })
-                            .inc();
+            // Wait for the first event, then take whatever else is queued, then nap: a storm of
+            // new connections costs a wakeup per batch, not one per event (each event is its own
+            // datagram). Resolution is needed only at the next drain, seconds away.
+            let mut blocking = true;
+            loop {
+                let got = if blocking {
+                    self.events.recv()
+                } else {
+                    self.events.try_recv()
+                };
+                blocking = false;
+                match got {
+                    Ok(got) => self.take(got),
+                    Err(ConntrackError::Io(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        // We fell behind and the kernel dropped events: read the whole table again.
+                        tracing::warn!(
+                            "conntrack events were dropped (ENOBUFS): resynchronising with a dump"
+                        );
+                        self.resync();
+                        last_resync = Instant::now();
                     }
-                    apply(&self.table, &self.metrics, got);
-                }
-                Err(ConntrackError::Io(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // We fell behind and the kernel dropped events: read the whole table again.
-                    tracing::warn!(
-                        "conntrack events were dropped (ENOBUFS): resynchronising with a dump"
-                    );
-                    self.resync();
-                    last_resync = Instant::now();
-                }
-                Err(ConntrackError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading conntrack events");
-                    std::thread::sleep(Duration::from_millis(200));
+                    Err(ConntrackError::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading conntrack events");
+                        std::thread::sleep(Duration::from_millis(200));
+                        break;
+                    }
                 }
             }
             if last_sync.elapsed() >= Duration::from_millis(500) {
@@ -518,7 +530,27 @@ impl Reader {
                 self.resync();
                 last_resync = Instant::now();
             }
+            std::thread::sleep(EVENT_BATCH_NAP);
         }
+    }
+
+    fn take(&mut self, got: Received) {
+        let (mut new, mut destroy) = (0, 0);
+        for e in &got.events {
+            match e {
+                Event::New(_) => new += 1,
+                Event::Destroy(_) => destroy += 1,
+            }
+        }
+        for (event, n) in [("new", new), ("destroy", destroy)] {
+            if n > 0 {
+                self.metrics
+                    .conntrack_events
+                    .get_or_create(&EventLabels { event })
+                    .inc_by(n);
+            }
+        }
+        apply(&self.table, &self.metrics, got);
     }
 
     fn resync(&mut self) {

@@ -11,7 +11,7 @@ use netcost_tests::{
     simnode::{Offloads, SimNode, TOPOLOGY_YAML},
 };
 
-const CONNECTIONS: u32 = 10_000;
+const CONNECTIONS: u32 = 5_000;
 
 fn main() -> Result<()> {
     let traffic = std::env::current_exe()?.with_file_name("nct-traffic");
@@ -22,46 +22,55 @@ fn main() -> Result<()> {
     );
     let node = SimNode::build(&traffic, Offloads::Default)?;
     let ns = node.netns("node")?;
-    for chain in ["PREROUTING", "OUTPUT"] {
-        ns.exec(&[
-            "iptables",
-            "-w",
-            "-t",
-            "nat",
-            "-A",
-            chain,
-            "-d",
-            "172.20.0.10/32",
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            "10.0.2.10:5001",
-        ])?;
+    // Every storm goes to a destination no earlier storm used: TIME_WAIT sockets of an earlier
+    // storm to the same destination would slow the client's port search and skew the times.
+    for (vip, backend) in [
+        ("172.20.0.10", "10.0.2.10"),
+        ("172.20.0.11", "10.0.16.10"),
+        ("172.20.0.12", "10.0.2.10"),
+    ] {
+        for chain in ["PREROUTING", "OUTPUT"] {
+            let rule = format!(
+                "-w -t nat -A {chain} -d {vip}/32 -p tcp --dport 80 -j DNAT --to-destination {backend}:5001"
+            );
+            let mut argv = vec!["iptables"];
+            argv.extend(rule.split_whitespace());
+            ns.exec(&argv)?;
+        }
     }
     ns.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")?;
     let config = format!(
         "drain_interval_seconds: 1\nkubernetes: {{ enabled: false }}\n\
          nat: {{ conntrack: true, netns: /run/netns/nct-node, service_cidrs: [\"172.20.0.0/16\"] }}\n{TOPOLOGY_YAML}"
     );
+    // The same storms without the agent: what the node's own NAT path takes.
+    let mut bare = Vec::new();
+    for target in ["10.0.2.10:5001", "172.20.0.10:80"] {
+        std::thread::sleep(Duration::from_secs(3));
+        let started = Instant::now();
+        node.transfer_to("pod1", target, &["storm", &CONNECTIONS.to_string(), "1000"])?;
+        bare.push((target, started.elapsed()));
+    }
     let mut agent = Agent::start("nat-bench", &config)?;
     println!("| storm of {CONNECTIONS} connections to | conntrack thread CPU per 1,000 | agent CPU per 1,000 | storm time | RSS after |");
     println!("|---|---|---|---|---|");
     for (label, target) in [
-        ("a plain address (no NAT; baseline)", "10.0.2.10:5001"),
-        ("the ClusterIP (DNAT)", "172.20.0.10:80"),
-        ("the ClusterIP again (table warm)", "172.20.0.10:80"),
+        ("a plain address (no NAT; baseline)", "10.0.16.10:5001"),
+        ("a ClusterIP (DNAT)", "172.20.0.11:80"),
+        (
+            "another ClusterIP (DNAT): memory after churn",
+            "172.20.0.12:80",
+        ),
     ] {
         // Settle: let the previous storm's DESTROY events and drains pass.
         std::thread::sleep(Duration::from_secs(3));
         let before = agent.thread_cpu_ns()?;
         let started = Instant::now();
-        node.transfer_to("pod1", target, &["storm", &CONNECTIONS.to_string(), "1000"])?;
+        // pod2, an identical pod whose port space the storms without the agent did not use.
+        node.transfer_to("pod2", target, &["storm", &CONNECTIONS.to_string(), "1000"])?;
         let storm = started.elapsed();
-        // Until every NEW event is read and two drains attributed the storm.
+        // Until every NEW event is read and two drains attributed the storm (the connections'
+        // DESTROY events and retention follow within the next storm's settling time).
         std::thread::sleep(Duration::from_secs(3));
         let after = agent.thread_cpu_ns()?;
         let per_1000 = |pick: &dyn Fn(&str) -> bool| -> f64 {
@@ -77,6 +86,12 @@ fn main() -> Result<()> {
             "| {label} | {conntrack:.2} ms | {total:.2} ms | {:.2} s | {:.1} MiB |",
             storm.as_secs_f64(),
             rss as f64 / 1024.0
+        );
+    }
+    for (target, took) in bare {
+        println!(
+            "| {target}, agent not running | – | – | {:.2} s | – |",
+            took.as_secs_f64()
         );
     }
     let samples = agent.metrics()?;

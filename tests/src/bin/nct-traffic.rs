@@ -6,8 +6,9 @@
 //!                        "ready" once bound.
 //! send ADDR BYTES      — TCP: send BYTES to the server.
 //! recv ADDR BYTES      — TCP: have the server send BYTES to us.
-//! storm ADDR COUNT BYTES — TCP: COUNT short connections one after another, each asking the server
-//!                        for BYTES (a request, a response, the close: sub-second connections).
+//! storm ADDR COUNT BYTES — TCP: COUNT short connections one after another, each sending BYTES
+//!                        and waiting for the server's close (sub-second connections). We close
+//!                        first, so TIME_WAIT stays on our side and no port is reused too soon.
 //! udp ADDR COUNT SIZE  — UDP: COUNT datagrams of SIZE payload bytes, each echoed, one in flight at a
 //!                        time so that no queue overflows.
 use std::{
@@ -33,7 +34,7 @@ fn main() -> Result<()> {
             let (addr, count, bytes) =
                 (arg(1)?.parse()?, arg(2)?.parse::<u32>()?, arg(3)?.parse()?);
             for _ in 0..count {
-                recv(addr, bytes)?;
+                send(addr, bytes)?;
             }
             Ok(())
         }
