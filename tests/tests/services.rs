@@ -3,6 +3,7 @@
 //!
 //! - ClusterIP 172.20.0.10:80, DNATed at random (50/50) to a backend in our zone (10.0.2.10) and
 //!   one in another zone (10.0.16.10), in PREROUTING (pod-network pods) and OUTPUT (hostNetwork);
+//!   and an IPv6 ClusterIP [fd00:ffff::10]:80 DNATed to [fd00:0:16::10]:5001;
 //! - NodePort 10.0.0.1:30080 → pod2:5001, masqueraded to the bridge address like kube-proxy's
 //!   externalTrafficPolicy=Cluster;
 //! - MASQUERADE of pod traffic to the internet hosts, through a NAT gateway in another zone
@@ -37,7 +38,7 @@ const RANGES: &str =
 fn config(ranges: &std::path::Path) -> String {
     format!(
         "drain_interval_seconds: 0.5\nkubernetes: {{ enabled: false }}\n\
-         nat: {{ conntrack: true, netns: /run/netns/nct-node, service_cidrs: [\"172.20.0.0/16\"], retention_seconds: 2 }}\n\
+         nat: {{ conntrack: true, netns: /run/netns/nct-node, service_cidrs: [\"172.20.0.0/16\", \"fd00:ffff::/108\"], retention_seconds: 2 }}\n\
          egress: {{ nat_gateway: {{ zone: us-east-1b }}, gateway_endpoints: [aws-s3] }}\n\
          services: {{ file: {} }}\n\
          {TOPOLOGY_YAML}",
@@ -65,6 +66,26 @@ fn kube_proxy_rules(node: &SimNode) -> Result<()> {
         iptables(node, &format!("-t nat -A {chain} -d {CLUSTER_IP}/32 -p tcp --dport 80 -m statistic --mode random --probability 0.5 -j DNAT --to-destination 10.0.2.10:5001"))?;
         iptables(node, &format!("-t nat -A {chain} -d {CLUSTER_IP}/32 -p tcp --dport 80 -j DNAT --to-destination 10.0.16.10:5001"))?;
     }
+    // An IPv6 ClusterIP with a single backend in another zone.
+    let ns = node.netns("node")?;
+    ns.exec(&[
+        "ip6tables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-d",
+        "fd00:ffff::10/128",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "[fd00:0:16::10]:5001",
+    ])?;
     iptables(node, "-t nat -A PREROUTING -d 10.0.0.1/32 -p tcp --dport 30080 -j DNAT --to-destination 10.0.1.12:5001")?;
     iptables(node, "-t nat -A POSTROUTING -d 10.0.1.12/32 -p tcp --dport 5001 -m conntrack --ctstate DNAT --ctorigdstport 30080 -j MASQUERADE")?;
     iptables(
@@ -80,6 +101,10 @@ fn kube_proxy_rules(node: &SimNode) -> Result<()> {
 
 fn u32_match(field: &str, addr: &str) -> (&'static str, String) {
     ("ip", format!("match ip {field} {addr}"))
+}
+
+fn u32_match6(field: &str, addr: &str) -> (&'static str, String) {
+    ("ipv6", format!("match ip6 {field} {addr}"))
 }
 
 fn pod_bytes(samples: &Samples, uid: &str, class: &str, direction: &str) -> f64 {
@@ -111,7 +136,13 @@ fn service_nodeport_and_masquerade_bytes_go_to_the_real_remote_end() -> Result<(
             &node.netns(ns)?.name,
             dev,
             &[
-                ("pod1", vec![u32_match("src", "10.0.1.11/32")]),
+                (
+                    "pod1",
+                    vec![
+                        u32_match("src", "10.0.1.11/32"),
+                        u32_match6("src", "fd00:0:1::11/128"),
+                    ],
+                ),
                 ("hostpod", vec![u32_match("src", "10.0.0.1/32")]),
             ],
         )
@@ -121,7 +152,13 @@ fn service_nodeport_and_masquerade_bytes_go_to_the_real_remote_end() -> Result<(
             &node.netns(ns)?.name,
             "eth0",
             &[
-                ("pod1", vec![u32_match("dst", "10.0.1.11/32")]),
+                (
+                    "pod1",
+                    vec![
+                        u32_match("dst", "10.0.1.11/32"),
+                        u32_match6("dst", "fd00:0:1::11/128"),
+                    ],
+                ),
                 ("hostpod", vec![u32_match("dst", "10.0.0.1/32")]),
             ],
         )
@@ -174,6 +211,10 @@ fn service_nodeport_and_masquerade_bytes_go_to_the_real_remote_end() -> Result<(
     for _ in 0..8 {
         node.transfer_to("hostpod", &service, &["send", "400000"])?;
         node.transfer_to("hostpod", &service, &["recv", "300000"])?;
+    }
+    for _ in 0..4 {
+        node.transfer_to("pod1", "[fd00:ffff::10]:80", &["send", "300000"])?;
+        node.transfer_to("pod1", "[fd00:ffff::10]:80", &["recv", "200000"])?;
     }
     // A storm of sub-second connections through the Service.
     let storm_started = Instant::now();
