@@ -557,8 +557,15 @@ mod tests {
                 series_grace: grace,
                 hold_max: Duration::from_secs(3600),
                 router: Router::default(),
-                nat: None,
-                nat_wait: Duration::from_secs(10),
+                nat: Some(
+                    NatTable::new(
+                        vec!["172.20.0.0/16".parse().unwrap()],
+                        1024,
+                        Duration::from_secs(30),
+                    )
+                    .shared(),
+                ),
+                nat_wait: Duration::from_millis(200),
             },
         );
         Fixture {
@@ -665,6 +672,75 @@ mod tests {
             "series outlived the grace period:\n{text}"
         );
         assert!(text.contains("netcost_pods_with_series 0"), "{text}");
+    }
+
+    /// A per-connection entry of `cart-1` to the ClusterIP 172.20.0.10:80 from 10.0.1.2:`port`.
+    fn service_flow(f: &mut Fixture, port: u16, bytes: u64) {
+        let mut key = FlowKey::new(
+            f.cgroup_id,
+            [u32::from_ne_bytes([172, 20, 0, 10]), 0, 0, 0],
+            FAMILY_IPV4,
+            DIRECTION_EGRESS,
+        );
+        key.local = [u32::from_ne_bytes([10, 0, 1, 2]), 0, 0, 0];
+        key.local_port = port.to_be();
+        key.remote_port = 80u16.to_be();
+        key.protocol = 6;
+        let mut c = Counter::default();
+        c.add(bytes, 1);
+        f.pipeline.drainer.buffers_mut().flows.push((key, c));
+    }
+
+    #[test]
+    fn service_bytes_go_to_the_backend_conntrack_names_or_wait_then_count_as_unresolved() {
+        use crate::conntrack::{Connection, Event, Tuple};
+        let mut f = fixture("nat", Duration::from_secs(300));
+        {
+            let mut inv = f.inventory.write().unwrap();
+            inv.pods_init();
+            inv.pod_apply(cart());
+            inv.pods_init_done();
+        }
+        let tuple = |src: &str, sport: u16, dst: &str, dport: u16| Tuple {
+            protocol: 6,
+            src: src.parse().unwrap(),
+            src_port: sport,
+            dst: dst.parse().unwrap(),
+            dst_port: dport,
+        };
+        let nat = f.pipeline.options.nat.clone().unwrap();
+        nat::lock(&nat).apply(
+            &Event::New(Connection {
+                original: tuple("10.0.1.2", 40_000, "172.20.0.10", 80),
+                reply: tuple("10.0.16.9", 8080, "10.0.1.2", 40_000),
+            }),
+            Instant::now(),
+        );
+        service_flow(&mut f, 40_000, 1_000);
+        // Conntrack has not named this one (yet).
+        service_flow(&mut f, 40_001, 70);
+        f.pipeline.tick().unwrap();
+        let text = exposition(&f);
+        assert!(
+            text.contains(&format!(
+                "pod_uid=\"{UID}\",traffic_class=\"cross_zone\",direction=\"egress\"}} 1000"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("netcost_held_bytes 70"), "{text}");
+        assert!(
+            text.contains("netcost_nat_resolved_bytes_total 1000"),
+            "{text}"
+        );
+        // Past nat_wait: classified by the Service address, and said so.
+        std::thread::sleep(Duration::from_millis(250));
+        f.pipeline.tick().unwrap();
+        let text = exposition(&f);
+        assert!(
+            text.contains("netcost_nat_unresolved_bytes_total 70"),
+            "{text}"
+        );
+        assert!(text.contains("netcost_held_bytes 0"), "{text}");
     }
 
     #[test]
