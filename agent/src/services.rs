@@ -172,6 +172,18 @@ mod tests {
         tags.sort();
         tags.dedup();
         assert_eq!(tags, vec!["aws-dynamodb", "aws-s3"]);
+        // Long-standing, documented ranges: S3 and DynamoDB endpoints of us-east-1.
+        let at = |a: &str| {
+            t.lookup(a.parse().unwrap())
+                .map(|s| (s.tag.to_string(), s.region.as_deref().map(str::to_owned)))
+        };
+        let us_east_1 = Some("us-east-1".to_owned());
+        assert_eq!(
+            at("52.216.10.1"),
+            Some(("aws-s3".into(), us_east_1.clone()))
+        );
+        assert_eq!(at("52.94.0.10"), Some(("aws-dynamodb".into(), us_east_1)));
+        assert_eq!(at("203.0.113.1"), None);
     }
 
     #[test]
