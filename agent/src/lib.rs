@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod nat;
 pub mod pipeline;
+pub mod prices;
 pub mod route;
 pub mod server;
 pub mod services;
