@@ -27,6 +27,10 @@
 //! services:                    # cloud-service address ranges (tag `service`)
 //!   bundled: true              # the AWS S3/DynamoDB table built in (dated; see README)
 //!   file: /etc/netcost/service-ranges.tsv   # replaces the bundled table: prefix, service, region
+//! prices:                      # USD per GB (2^30 bytes); built-in AWS table, see README
+//!   file: /etc/netcost/prices.yaml   # replaces the built-in table (same schema)
+//!   internet_tier: 1           # 1 = first 10 TB/month (default) … 4 = beyond 150 TB
+//!   override: { cross_zone_out: 0.01, cross_zone_in: 0.01, internet_out: 0.09, inter_region_out: 0.02, nat_gateway_per_gb: 0.045 }
 //! topology:                    # our place: config, else our Node's labels, else IMDS
 //!   region: us-east-1
 //!   zone: us-east-1a
@@ -89,6 +93,27 @@ struct RawConfig {
     egress: Option<RawEgress>,
     #[serde(default)]
     services: Option<RawServices>,
+    #[serde(default)]
+    prices: Option<RawPrices>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrices {
+    file: Option<String>,
+    internet_tier: Option<u32>,
+    #[serde(rename = "override")]
+    overrides: Option<RawOverrides>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverrides {
+    internet_out: Option<f64>,
+    inter_region_out: Option<f64>,
+    cross_zone_out: Option<f64>,
+    cross_zone_in: Option<f64>,
+    nat_gateway_per_gb: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +290,14 @@ pub struct ServicesConfig {
     pub file: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct PricesConfig {
+    pub file: Option<PathBuf>,
+    /// 0-based index of the internet-egress tier to price with.
+    pub internet_tier: usize,
+    pub overrides: crate::prices::Overrides,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -281,6 +314,7 @@ pub struct Config {
     pub nat: NatConfig,
     pub egress: EgressConfig,
     pub services: ServicesConfig,
+    pub prices: PricesConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "[::]:3001";
@@ -362,7 +396,9 @@ impl Config {
         let nat = nat(raw.nat.unwrap_or_default())?;
         let egress = egress(raw.egress.unwrap_or_default())?;
         let services = services(raw.services.unwrap_or_default())?;
+        let prices = prices(raw.prices.unwrap_or_default())?;
         Ok(Config {
+            prices,
             nat,
             egress,
             services,
@@ -536,6 +572,37 @@ fn egress(raw: RawEgress) -> Result<EgressConfig, ConfigError> {
     })
 }
 
+fn prices(raw: RawPrices) -> Result<PricesConfig, ConfigError> {
+    let tier = raw.internet_tier.unwrap_or(1);
+    if !(1..=8).contains(&tier) {
+        return Err(field_error(
+            "prices.internet_tier",
+            format!("{tier} is not a tier number (1 = first 10 TB per month)"),
+        ));
+    }
+    let o = raw.overrides.unwrap_or_default();
+    let check = |name: &str, v: Option<f64>| -> Result<Option<f64>, ConfigError> {
+        match v {
+            Some(p) if !p.is_finite() || !(0.0..=10.0).contains(&p) => Err(field_error(
+                format!("prices.override.{name}"),
+                format!("{p} is not a price in USD per GB (0 ..= 10)"),
+            )),
+            other => Ok(other),
+        }
+    };
+    Ok(PricesConfig {
+        file: optional("prices.file", raw.file)?.map(PathBuf::from),
+        internet_tier: tier as usize - 1,
+        overrides: crate::prices::Overrides {
+            internet_out: check("internet_out", o.internet_out)?,
+            inter_region_out: check("inter_region_out", o.inter_region_out)?,
+            cross_zone_out: check("cross_zone_out", o.cross_zone_out)?,
+            cross_zone_in: check("cross_zone_in", o.cross_zone_in)?,
+            nat_gateway_per_gb: check("nat_gateway_per_gb", o.nat_gateway_per_gb)?,
+        },
+    })
+}
+
 fn services(raw: RawServices) -> Result<ServicesConfig, ConfigError> {
     Ok(ServicesConfig {
         bundled: raw.bundled.unwrap_or(true),
@@ -672,6 +739,12 @@ topology:
             "{GOOD}egress: {{ gateway_endpoints: [\"S3\"] }}\n"
         ));
         assert!(e.contains("egress.gateway_endpoints[0]"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}prices: {{ override: {{ internet_out: -1 }} }}\n"
+        ));
+        assert!(e.contains("prices.override.internet_out"), "{e}");
+        let e = error_of(&format!("{GOOD}prices: {{ internet_tier: 0 }}\n"));
+        assert!(e.contains("prices.internet_tier"), "{e}");
         let e = error_of(&format!("{GOOD}nat: {{ retention_seconds: 0 }}\n"));
         assert!(e.contains("nat.retention_seconds"), "{e}");
     }

@@ -112,6 +112,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         bundled_date = agent::services::bundled_date().unwrap_or("?"),
         "cloud-service ranges"
     );
+    let price_table = match &config.prices.file {
+        Some(path) => agent::prices::PriceTable::load(path)?,
+        None => agent::prices::PriceTable::built_in(),
+    };
     let router = Router {
         services,
         nat_gateway: config.egress.nat_gateway.clone(),
@@ -189,6 +193,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             router,
             nat: nat_table,
             nat_wait: NAT_WAIT.max(config.drain_interval * 2),
+            price_table,
+            price_tier: config.prices.internet_tier,
+            price_overrides: config.prices.overrides.clone(),
         },
     );
     let drain_health = health.clone();

@@ -5,11 +5,17 @@
 
 use std::fmt::Write as _;
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
+
+/// Dollars: counters and gauges of `f64`.
+pub type DollarCounter = Counter<f64, AtomicU64>;
+pub type DollarGauge = Gauge<f64, AtomicU64>;
 
 use crate::{
     route::{Destination, Route},
@@ -208,6 +214,129 @@ pub struct Metrics {
     pub nat_unresolved_bytes: Counter,
     /// The route plain internet bytes take from this node: a pod's zero series use it.
     pub internet_route: Route,
+    pub cost: Family<TrafficLabels, DollarCounter>,
+    pub unpriced_bytes: Counter,
+    pub price: Family<PriceLabels, DollarGauge>,
+    pub kubecost: KubecostMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriceLabels {
+    pub price: &'static str,
+}
+
+/// Kubecost's `network-costs` metrics, with exactly its names and labels, so that OpenCost and
+/// Kubecost read netcost unchanged.
+#[derive(Clone, Default)]
+pub struct KubecostMetrics {
+    pub egress_bytes: Family<KubecostLabels, Counter>,
+    pub ingress_bytes: Family<KubecostLabels, Counter>,
+    pub zone_egress_cost: DollarGauge,
+    pub region_egress_cost: DollarGauge,
+    pub internet_egress_cost: DollarGauge,
+    pub nat_gateway_egress_cost: DollarGauge,
+    pub nat_gateway_ingress_cost: DollarGauge,
+    /// Pod bytes Kubecost's labels cannot express (unplaced, unknown): not in its families.
+    pub unmapped_bytes: Counter,
+}
+
+/// Kubecost's label set, in its order.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubecostLabels {
+    pub pod_name: String,
+    pub namespace: String,
+    pub internet: &'static str,
+    pub same_region: &'static str,
+    pub same_zone: &'static str,
+    pub service: String,
+    pub nat_gateway: &'static str,
+}
+
+impl KubecostLabels {
+    /// Kubecost's classes as OpenCost queries them; `None` for what they cannot express.
+    /// In-region AWS services (free transfer) are written as same-zone, so OpenCost does not
+    /// price them as cross-zone; their `service` label says what they are.
+    pub fn of(labels: &TrafficLabels) -> Option<KubecostLabels> {
+        if labels.owner != Owner::Pod || labels.pod.pod.is_empty() {
+            return None;
+        }
+        let (internet, same_region, same_zone) = match labels.destination.class {
+            TrafficClass::SameZone | TrafficClass::SameRegion => ("false", "true", "true"),
+            TrafficClass::CrossZone => ("false", "true", "false"),
+            TrafficClass::CrossRegion => ("false", "false", "false"),
+            TrafficClass::Internet => ("true", "false", "false"),
+            TrafficClass::Unplaced | TrafficClass::Unknown => return None,
+        };
+        Some(KubecostLabels {
+            pod_name: labels.pod.pod.clone(),
+            namespace: labels.pod.namespace.clone(),
+            internet,
+            same_region,
+            same_zone,
+            service: labels
+                .destination
+                .service
+                .as_deref()
+                .unwrap_or("")
+                .to_owned(),
+            nat_gateway: if matches!(labels.destination.route, Route::NatGateway { .. }) {
+                "true"
+            } else {
+                "false"
+            },
+        })
+    }
+}
+
+impl KubecostMetrics {
+    pub fn bytes(&self, direction: Direction) -> &Family<KubecostLabels, Counter> {
+        match direction {
+            Direction::Egress => &self.egress_bytes,
+            Direction::Ingress => &self.ingress_bytes,
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "kubecost_pod_network_egress_bytes",
+            "Kubecost network-costs compatible: bytes sent by a pod, by destination class",
+            self.egress_bytes.clone(),
+        );
+        r.register(
+            "kubecost_pod_network_ingress_bytes",
+            "Kubecost network-costs compatible: bytes received by a pod, by source class",
+            self.ingress_bytes.clone(),
+        );
+        for (name, help, gauge) in [
+            (
+                "kubecost_network_zone_egress_cost",
+                "Price of cross-zone egress, USD per GB",
+                &self.zone_egress_cost,
+            ),
+            (
+                "kubecost_network_region_egress_cost",
+                "Price of inter-region egress, USD per GB",
+                &self.region_egress_cost,
+            ),
+            (
+                "kubecost_network_internet_egress_cost",
+                "Price of internet egress (the configured tier), USD per GB",
+                &self.internet_egress_cost,
+            ),
+            (
+                "kubecost_network_nat_gateway_egress_cost",
+                "NAT gateway processing price, USD per GB",
+                &self.nat_gateway_egress_cost,
+            ),
+            (
+                "kubecost_network_nat_gateway_ingress_cost",
+                "NAT gateway processing price, USD per GB",
+                &self.nat_gateway_ingress_cost,
+            ),
+        ] {
+            r.register(name, help, gauge.clone());
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -254,7 +383,12 @@ impl Metrics {
             nat_resolved_bytes: Counter::default(),
             nat_unresolved_bytes: Counter::default(),
             internet_route: Route::Direct,
+            cost: Family::default(),
+            unpriced_bytes: Counter::default(),
+            price: Family::default(),
+            kubecost: KubecostMetrics::default(),
         };
+        m.kubecost.register(registry);
         let r = registry.sub_registry_with_prefix("netcost");
         r.register_with_unit(
             "network",
@@ -404,6 +538,29 @@ impl Metrics {
             Unit::Bytes,
             m.nat_unresolved_bytes.clone(),
         );
+        r.register_with_unit(
+            "network_cost",
+            "Cost of the bytes in netcost_network_bytes_total at the prices in force when they were counted (transfer, plus NAT gateway processing), by the same labels",
+            Unit::Other("dollars".into()),
+            m.cost.clone(),
+        );
+        r.register_with_unit(
+            "unpriced",
+            "Bytes that could not be priced: unplaced or unknown class, or no prices for our region",
+            Unit::Bytes,
+            m.unpriced_bytes.clone(),
+        );
+        r.register(
+            "price_dollars_per_gigabyte",
+            "Prices in force, USD per GB (2^30 bytes): cross_zone_out, cross_zone_in, inter_region_out, internet_out, nat_gateway",
+            m.price.clone(),
+        );
+        r.register_with_unit(
+            "kubecost_unmapped",
+            "Pod bytes that Kubecost's labels cannot express (unplaced, unknown) and that its metrics leave out",
+            Unit::Bytes,
+            m.kubecost.unmapped_bytes.clone(),
+        );
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
@@ -426,16 +583,43 @@ impl Metrics {
         for labels in pod_label_sets(pod, self.internet_route) {
             let _ = self.bytes.get_or_create(&labels);
             let _ = self.packets.get_or_create(&labels);
+            let _ = self.cost.get_or_create(&labels);
+            if let Some(k) = KubecostLabels::of(&labels) {
+                let _ = self.kubecost.bytes(labels.direction).get_or_create(&k);
+            }
         }
     }
 
-    /// Removes every series of a pod (after its grace period).
+    /// Publishes the prices in force (Kubecost's gauges too).
+    pub fn set_prices(&self, prices: &crate::prices::Prices) {
+        let nat = prices.nat_gateway_per_gb.unwrap_or(0.0);
+        for (price, value) in [
+            ("cross_zone_out", prices.cross_zone_out),
+            ("cross_zone_in", prices.cross_zone_in),
+            ("inter_region_out", prices.inter_region_out),
+            ("internet_out", prices.internet_out),
+            ("nat_gateway", nat),
+        ] {
+            self.price.get_or_create(&PriceLabels { price }).set(value);
+        }
+        let k = &self.kubecost;
+        k.zone_egress_cost.set(prices.cross_zone_out);
+        k.region_egress_cost.set(prices.inter_region_out);
+        k.internet_egress_cost.set(prices.internet_out);
+        k.nat_gateway_egress_cost.set(nat);
+        k.nat_gateway_ingress_cost.set(nat);
+    }
+
     /// Removes every series of a pod (after its grace period): the zero series and every
     /// destination its bytes went to (`used`).
     pub fn remove_pod(&self, pod: &PodLabels, used: &[TrafficLabels]) {
         for labels in pod_label_sets(pod, self.internet_route).chain(used.iter().cloned()) {
             self.bytes.remove(&labels);
             self.packets.remove(&labels);
+            self.cost.remove(&labels);
+            if let Some(k) = KubecostLabels::of(&labels) {
+                self.kubecost.bytes(labels.direction).remove(&k);
+            }
         }
     }
 }

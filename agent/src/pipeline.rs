@@ -18,8 +18,11 @@ use crate::{
     drain::{CountingBuffers, Drainer},
     identity::{CgroupResolver, Identity},
     inventory::{Inventory, PodMeta, SharedInventory},
-    metrics::{Direction, DirectionLabels, Metrics, Owner, PodLabels, TrafficLabels},
+    metrics::{
+        Direction, DirectionLabels, KubecostLabels, Metrics, Owner, PodLabels, TrafficLabels,
+    },
     nat::{self, NatTable, Resolution, SharedNat},
+    prices::{Overrides, PriceTable, Prices},
     route::{Destination, Router},
     topology::{Place, StaticTopology, TrafficClass},
 };
@@ -68,6 +71,10 @@ pub struct PipelineOptions {
     /// How long bytes to a Service address wait for conntrack to name their connection (events
     /// arrive within milliseconds; a resync after dropped events takes longer).
     pub nat_wait: Duration,
+    /// The price table, the internet tier and the config's single prices.
+    pub price_table: PriceTable,
+    pub price_tier: usize,
+    pub price_overrides: Overrides,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -109,6 +116,9 @@ pub struct Pipeline<B> {
     held: HashMap<HeldKey, Held>,
     /// Per-connection entries to a Service address conntrack has not named yet.
     pending_nat: HashMap<FlowKey, Held>,
+    /// Our region's prices, once our region is known (and in the table).
+    prices: Option<Prices>,
+    prices_for: Option<String>,
     options: PipelineOptions,
 }
 
@@ -134,6 +144,8 @@ impl<B: CountingBuffers> Pipeline<B> {
             series: HashMap::new(),
             held: HashMap::new(),
             pending_nat: HashMap::new(),
+            prices: None,
+            prices_for: None,
             options,
         }
     }
@@ -282,6 +294,32 @@ impl<B: CountingBuffers> Pipeline<B> {
             _ => self.base.extended(self.base.own().clone().or(fallback), []),
         };
         self.topology_key = Some(key);
+        self.refresh_prices();
+    }
+
+    /// Prices for our region, when it is first known or changes. A region the table does not
+    /// have is an error said once: bytes are then counted, not priced.
+    fn refresh_prices(&mut self) {
+        let region = self.topology.own().region.clone();
+        if region == self.prices_for {
+            return;
+        }
+        self.prices_for = region.clone();
+        let Some(region) = region else {
+            self.prices = None;
+            return;
+        };
+        let o = &self.options;
+        self.prices = Prices::for_region(&o.price_table, &region, o.price_tier, &o.price_overrides);
+        match &self.prices {
+            Some(p) => {
+                self.metrics.set_prices(p);
+                tracing::info!(%region, table = %o.price_table.origin, date = %o.price_table.date, cross_zone_out = p.cross_zone_out, internet_out = p.internet_out, inter_region_out = p.inter_region_out, nat_gateway = ?p.nat_gateway_per_gb, "prices in force");
+            }
+            None => {
+                tracing::error!(%region, table = %o.price_table.origin, "no prices for our region in the price table: bytes are counted but not priced (netcost_unpriced_bytes_total); give prices.file or prices.override")
+            }
+        }
     }
 
     /// Whether a private address can be placed now: we know our zone and, if nodes are
@@ -344,6 +382,15 @@ impl<B: CountingBuffers> Pipeline<B> {
                 destination
             }
         };
+        let per_gb = self.prices.as_ref().and_then(|p| {
+            let remote_region = match (destination.class, key.remote) {
+                (TrafficClass::CrossRegion, Some(addr)) => {
+                    self.topology.lookup(addr).and_then(|pl| pl.region.clone())
+                }
+                _ => None,
+            };
+            p.per_gb(&destination, key.direction, remote_region.as_deref())
+        });
         let labels = match (&key.identity, pod) {
             (_, Some(pod)) => {
                 self.note_series(&pod);
@@ -362,6 +409,32 @@ impl<B: CountingBuffers> Pipeline<B> {
             .packets
             .get_or_create(&labels)
             .inc_by(counter.packets);
+        // Priced now, at the prices in force: a later price change never rewrites this.
+        match (&self.prices, per_gb) {
+            (Some(p), Some(per_gb)) => {
+                self.metrics
+                    .cost
+                    .get_or_create(&labels)
+                    .inc_by(p.dollars(counter.bytes, per_gb));
+            }
+            _ => {
+                self.metrics.unpriced_bytes.inc_by(counter.bytes);
+            }
+        }
+        if labels.owner == Owner::Pod && !labels.pod.pod.is_empty() {
+            match KubecostLabels::of(&labels) {
+                Some(k) => {
+                    self.metrics
+                        .kubecost
+                        .bytes(labels.direction)
+                        .get_or_create(&k)
+                        .inc_by(counter.bytes);
+                }
+                None => {
+                    self.metrics.kubecost.unmapped_bytes.inc_by(counter.bytes);
+                }
+            }
+        }
     }
 
     /// Holds bytes for a later tick; false when the hold is full.
@@ -566,6 +639,9 @@ mod tests {
                     .shared(),
                 ),
                 nat_wait: Duration::from_millis(200),
+                price_table: PriceTable::built_in(),
+                price_tier: 0,
+                price_overrides: Overrides::default(),
             },
         );
         Fixture {
@@ -672,6 +748,39 @@ mod tests {
             "series outlived the grace period:\n{text}"
         );
         assert!(text.contains("netcost_pods_with_series 0"), "{text}");
+    }
+
+    #[test]
+    fn bytes_are_priced_when_counted_and_exposed_the_kubecost_way() {
+        let mut f = fixture("price", Duration::from_secs(300));
+        {
+            let mut inv = f.inventory.write().unwrap();
+            inv.pods_init();
+            inv.pod_apply(cart());
+            inv.pods_init_done();
+        }
+        // 1 GiB cross-zone and 1 GiB to the internet, sent.
+        flow(&mut f, [10, 0, 16, 7], 1 << 30);
+        flow(&mut f, [203, 0, 113, 1], 1 << 30);
+        f.pipeline.tick().unwrap();
+        let text = exposition(&f);
+        let cost = |class: &str| {
+            let prefix = format!("netcost_network_cost_dollars_total{{owner=\"pod\",namespace=\"shop\",pod=\"cart-1\",workload_kind=\"Deployment\",workload=\"cart\",pod_uid=\"{UID}\",traffic_class=\"{class}\",direction=\"egress\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {class} cost in\n{text}"))
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert!((cost("cross_zone") - 0.01).abs() < 1e-12);
+        assert!((cost("internet") - 0.09).abs() < 1e-12);
+        assert!(text.contains("kubecost_pod_network_egress_bytes_total{pod_name=\"cart-1\",namespace=\"shop\",internet=\"false\",same_region=\"true\",same_zone=\"false\",service=\"\",nat_gateway=\"false\"} 1073741824"), "{text}");
+        assert!(text.contains("kubecost_pod_network_egress_bytes_total{pod_name=\"cart-1\",namespace=\"shop\",internet=\"true\",same_region=\"false\",same_zone=\"false\",service=\"\",nat_gateway=\"false\"} 1073741824"), "{text}");
+        // Zero series for the classes without bytes, before any byte.
+        assert!(text.contains("kubecost_pod_network_ingress_bytes_total{pod_name=\"cart-1\",namespace=\"shop\",internet=\"false\",same_region=\"false\",same_zone=\"false\",service=\"\",nat_gateway=\"false\"} 0"), "{text}");
+        assert!(text.contains("kubecost_network_zone_egress_cost 0.01"), "{text}");
+        assert!(text.contains("kubecost_network_internet_egress_cost 0.09"), "{text}");
+        assert!(text.contains("netcost_price_dollars_per_gigabyte{price=\"nat_gateway\"} 0.045"), "{text}");
     }
 
     /// A per-connection entry of `cart-1` to the ClusterIP 172.20.0.10:80 from 10.0.1.2:`port`.

@@ -295,7 +295,7 @@ impl StaticTopology {
         self.entries.len()
     }
 
-    fn lookup(&self, addr: IpAddr) -> Option<&Place> {
+    pub fn lookup(&self, addr: IpAddr) -> Option<&Place> {
         let a = mapped(addr);
         self.by_length
             .iter()
