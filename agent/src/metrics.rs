@@ -667,15 +667,54 @@ impl Format {
 pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
     let mut out = String::with_capacity(16 * 1024);
     prometheus_client::encoding::text::encode(&mut out, registry)?;
-    if format == Format::PrometheusText && out.ends_with("# EOF\n") {
-        out.truncate(out.len() - "# EOF\n".len());
+    match format {
+        Format::OpenMetrics => Ok(out),
+        Format::PrometheusText => Ok(to_prometheus_text(&out)),
     }
-    Ok(out)
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4: a counter's HELP and TYPE name its samples
+/// (`x_total`, where OpenMetrics names the family `x`), and there is no `# UNIT` or `# EOF`.
+/// Without this, 0.0.4 parsers see the samples as untyped and `promtool check metrics` says
+/// "no help text".
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP a_bytes Bytes.\n# TYPE a_bytes counter\n# UNIT a_bytes bytes\na_bytes_total{x=\"1\"} 5\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total{x=\"1\"} 5\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
 
     #[test]
     fn pod_series_exist_at_zero_and_go_away() {

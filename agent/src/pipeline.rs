@@ -778,9 +778,18 @@ mod tests {
         assert!(text.contains("kubecost_pod_network_egress_bytes_total{pod_name=\"cart-1\",namespace=\"shop\",internet=\"true\",same_region=\"false\",same_zone=\"false\",service=\"\",nat_gateway=\"false\"} 1073741824"), "{text}");
         // Zero series for the classes without bytes, before any byte.
         assert!(text.contains("kubecost_pod_network_ingress_bytes_total{pod_name=\"cart-1\",namespace=\"shop\",internet=\"false\",same_region=\"false\",same_zone=\"false\",service=\"\",nat_gateway=\"false\"} 0"), "{text}");
-        assert!(text.contains("kubecost_network_zone_egress_cost 0.01"), "{text}");
-        assert!(text.contains("kubecost_network_internet_egress_cost 0.09"), "{text}");
-        assert!(text.contains("netcost_price_dollars_per_gigabyte{price=\"nat_gateway\"} 0.045"), "{text}");
+        assert!(
+            text.contains("kubecost_network_zone_egress_cost 0.01"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubecost_network_internet_egress_cost 0.09"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netcost_price_dollars_per_gigabyte{price=\"nat_gateway\"} 0.045"),
+            "{text}"
+        );
     }
 
     /// A per-connection entry of `cart-1` to the ClusterIP 172.20.0.10:80 from 10.0.1.2:`port`.

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod kubenode;
 pub mod meter;
 pub mod simnode;
 pub mod truth;
@@ -191,6 +192,14 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Owns `child`: killed and reaped on drop.
+    pub fn new(child: Child, what: &str) -> Proc {
+        Proc {
+            child: Some(child),
+            what: what.to_owned(),
+        }
+    }
+
     pub fn child(&mut self) -> &mut Child {
         self.child.as_mut().expect("process already finished")
     }

@@ -20,6 +20,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("iperf3", "iperf3"),
     ("bpftool", "bpftool"),
+    ("iptables", "iptables"),
+    ("iptables", "ip6tables"),
+    ("prometheus", "prometheus"),
+    ("prometheus", "promtool"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

@@ -1,0 +1,323 @@
+//! Root test: a real Prometheus (Debian's package) scrapes the agent on the simulated node, with
+//! pods named by the Kubernetes API double, and OpenCost's network-allocation queries run against
+//! it return the bytes the meters measured and the dollars they cost. `promtool check metrics`
+//! lints the exposition. Prometheus listens on loopback only and scrapes only the agent.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use netcost_tests::{
+    agent::Agent,
+    apiserver::{ApiServer, ApiState},
+    kubenode::{cluster, config, names},
+    serial,
+    simnode::{Offloads, SimNode},
+    truth::{run_plan, PLAN, TOLERANCE},
+    Proc,
+};
+use serde_json::Value;
+
+const DRAIN: Duration = Duration::from_millis(500);
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_nct-traffic");
+
+/// OpenCost's classes: (name, selector, price gauge), as in its allocation queries.
+const CLASSES: [(&str, &str, &str); 3] = [
+    (
+        "cross_zone",
+        r#"internet="false", same_zone="false", same_region="true""#,
+        "kubecost_network_zone_egress_cost",
+    ),
+    (
+        "cross_region",
+        r#"internet="false", same_zone="false", same_region="false""#,
+        "kubecost_network_region_egress_cost",
+    ),
+    (
+        "internet",
+        r#"internet="true""#,
+        "kubecost_network_internet_egress_cost",
+    ),
+];
+
+/// What us-east-1 charges per GB for each class (the built-in table).
+fn price_of(class: &str) -> f64 {
+    match class {
+        "cross_zone" => 0.01,
+        "cross_region" => 0.02,
+        _ => 0.09,
+    }
+}
+
+/// A Prometheus server in a temporary directory, killed and removed on drop.
+struct Prometheus {
+    _proc: Proc,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Result<Prometheus> {
+        let dir = std::env::temp_dir().join(format!("nct-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
+                 scrape_configs:\n  - job_name: netcost\n    static_configs: [{{ targets: [\"127.0.0.1:{target_port}\"] }}]\n"
+            ),
+        )?;
+        let port = free_port()?;
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log"))?)
+            .spawn()
+            .context("starting prometheus (Debian package `prometheus`)")?;
+        let p = Prometheus {
+            _proc: Proc::new(child, "prometheus"),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while p.get("/-/ready").map(|(c, _)| c) != Ok(200) {
+            ensure!(
+                Instant::now() < deadline,
+                "prometheus not ready: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(p)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    fn get(&self, path_and_query: &str) -> Result<(u16, String), String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("no status")?;
+        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        Ok((code, body.to_owned()))
+    }
+
+    /// An instant query at `time` (Unix seconds); the result vector.
+    fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>> {
+        let q = format!("/api/v1/query?query={}&time={time:.3}", urlencode(expr));
+        let (code, body) = self.get(&q).map_err(anyhow::Error::msg)?;
+        ensure!(code == 200, "query {expr}: HTTP {code}: {body}");
+        let v: Value = serde_json::from_str(&body)?;
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn value(v: &Value) -> Result<f64> {
+    v["value"][1]
+        .as_str()
+        .context("no value")?
+        .parse()
+        .context("not a number")
+}
+
+#[test]
+fn opencost_queries_on_a_real_prometheus_give_the_measured_bytes_and_dollars() -> Result<()> {
+    let _serial = serial();
+    let node = SimNode::build(TRAFFIC.as_ref(), Offloads::Default)?;
+    let state = Arc::new(ApiState::new());
+    cluster(&node, &state, &["pod1", "pod2", "hostpod"]);
+    let api = ApiServer::start(state.clone())?;
+    let agent = Agent::start("opencost", &config(&api.url(), ""))?;
+
+    // The exposition passes Prometheus' own linter.
+    let (_, body) = agent.get("/metrics")?;
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting promtool (Debian package `prometheus`)")?;
+    lint.stdin
+        .take()
+        .context("stdin")?
+        .write_all(body.as_bytes())?;
+    let out = lint.wait_with_output()?;
+    let lint_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && lint_text.trim().is_empty(),
+        "promtool check metrics:\n{lint_text}"
+    );
+
+    let prometheus = Prometheus::start(agent.port)?;
+    // Prometheus must have the pods' zero series before their first byte: increase() then sees
+    // every byte. (It applies its first targets up to 5 s after starting.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prometheus
+        .query("count(kubecost_pod_network_egress_bytes_total)", now())?
+        .is_empty()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "prometheus never scraped the agent: {}",
+            prometheus.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    run_plan(&node, PLAN)?;
+    let samples = agent.settled_metrics(DRAIN)?;
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Evaluate at the last scrape's timestamp, over a window reaching back before the first:
+    // the counters start at 0, so increase() over it is exactly what was counted (no
+    // extrapolation beyond the samples at either end).
+    let last = prometheus.query("timestamp(kubecost_network_zone_egress_cost)", now())?;
+    let at = value(last.first().context("the price gauge was never scraped")?)?;
+    let window = "10m";
+    let mut failures = Vec::new();
+    let mut report = vec![format!(
+        "{:<22} {:<13} {:>12} {:>12} {:>10} {:>10}",
+        "pod", "class", "truth GiB", "query GiB", "truth $", "query $"
+    )];
+    for (pod, ..) in netcost_tests::kubenode::NAMES {
+        let (namespace, pod_name, ..) = names(pod);
+        let truth = node.pod(pod).truth()?;
+        for (class, selector, gauge) in CLASSES {
+            let bytes_q = format!(
+                "sum(increase(kubecost_pod_network_egress_bytes_total{{{selector}}}[{window}])) by (pod_name, namespace) / 1024 / 1024 / 1024"
+            );
+            let cost_q = format!("{bytes_q} * scalar(avg(avg_over_time({gauge}[{window}])))");
+            let pick = |rows: Vec<Value>| -> Result<f64> {
+                let row = rows.iter().find(|r| {
+                    r["metric"]["pod_name"] == pod_name && r["metric"]["namespace"] == namespace
+                });
+                row.map(value).unwrap_or(Ok(0.0))
+            };
+            let gib = pick(prometheus.query(&bytes_q, at)?)?;
+            let dollars = pick(prometheus.query(&cost_q, at)?)?;
+            let truth_bytes = *truth
+                .get(&(class.to_owned(), "egress".to_owned()))
+                .unwrap_or(&0) as f64;
+            let truth_gib = truth_bytes / 1024.0 / 1024.0 / 1024.0;
+            let truth_dollars = truth_gib * price_of(class);
+            report.push(format!(
+                "{:<22} {class:<13} {truth_gib:>12.9} {gib:>12.9} {truth_dollars:>10.8} {dollars:>10.8}",
+                format!("{namespace}/{pod_name}")
+            ));
+            let close = |a: f64, b: f64| (a - b).abs() <= b.abs() * TOLERANCE + 1e-12;
+            if !close(gib, truth_gib) || !close(dollars, truth_dollars) {
+                failures.push(format!(
+                    "{namespace}/{pod_name} {class}: query {gib} GiB ${dollars}, truth {truth_gib} GiB ${truth_dollars}"
+                ));
+            }
+        }
+    }
+    // netcost's own cost counters: both directions of cross-zone traffic, egress only for
+    // inter-region and internet, at us-east-1's prices.
+    report.push(format!(
+        "{:<30} {:<13} {:<8} {:>12} {:>12}",
+        "pod", "class", "dir", "expected $", "netcost $"
+    ));
+    for (pod, ..) in netcost_tests::kubenode::NAMES {
+        let (namespace, pod_name, ..) = names(pod);
+        let truth = node.pod(pod).truth()?;
+        for ((class, direction), bytes) in &truth {
+            let per_gb = match (class.as_str(), direction.as_str()) {
+                ("cross_zone", _) => 0.01,
+                ("cross_region", "egress") => 0.02,
+                ("internet", "egress") => 0.09,
+                _ => 0.0,
+            };
+            let want = *bytes as f64 / 1073741824.0 * per_gb;
+            let got = samples.sum(
+                "netcost_network_cost_dollars_total",
+                &[
+                    ("namespace", namespace),
+                    ("pod", pod_name),
+                    ("traffic_class", class),
+                    ("direction", direction),
+                ],
+            );
+            report.push(format!(
+                "{:<30} {class:<13} {direction:<8} {want:>12.9} {got:>12.9}",
+                format!("{namespace}/{pod_name}")
+            ));
+            if (got - want).abs() > want * TOLERANCE + 1e-12 {
+                failures.push(format!(
+                    "{namespace}/{pod_name} {class} {direction}: cost {got}, expected {want}"
+                ));
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    let log = agent.stop()?;
+    if !failures.is_empty() {
+        bail!(
+            "{}\nagent log:\n{log}\nprometheus log:\n{}",
+            failures.join("\n"),
+            prometheus.log()
+        );
+    }
+    Ok(())
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
