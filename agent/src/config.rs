@@ -31,6 +31,8 @@
 //!   file: /etc/netcost/prices.yaml   # replaces the built-in table (same schema)
 //!   internet_tier: 1           # 1 = first 10 TB/month (default) … 4 = beyond 150 TB
 //!   override: { cross_zone_out: 0.01, cross_zone_in: 0.01, internet_out: 0.09, inter_region_out: 0.02, nat_gateway_per_gb: 0.045 }
+//! kubecost:
+//!   config_file: /etc/network-costs/config.yaml  # Kubecost's network-costs-config, as it is
 //! topology:                    # our place: config, else our Node's labels, else IMDS
 //!   region: us-east-1
 //!   zone: us-east-1a
@@ -95,6 +97,14 @@ struct RawConfig {
     services: Option<RawServices>,
     #[serde(default)]
     prices: Option<RawPrices>,
+    #[serde(default)]
+    kubecost: Option<RawKubecost>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubecost {
+    config_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +325,8 @@ pub struct Config {
     pub egress: EgressConfig,
     pub services: ServicesConfig,
     pub prices: PricesConfig,
+    /// Kubecost's network-costs `config.yaml`, accepted as it is.
+    pub kubecost_config: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "[::]:3001";
@@ -397,7 +409,13 @@ impl Config {
         let egress = egress(raw.egress.unwrap_or_default())?;
         let services = services(raw.services.unwrap_or_default())?;
         let prices = prices(raw.prices.unwrap_or_default())?;
+        let kubecost_config = optional(
+            "kubecost.config_file",
+            raw.kubecost.unwrap_or_default().config_file,
+        )?
+        .map(PathBuf::from);
         Ok(Config {
+            kubecost_config,
             prices,
             nat,
             egress,

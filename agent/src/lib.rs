@@ -13,6 +13,7 @@ pub mod imds;
 pub mod inventory;
 pub mod k8s;
 pub mod kernel;
+pub mod kubecost;
 pub mod metrics;
 pub mod nat;
 pub mod pipeline;

@@ -116,7 +116,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(path) => agent::prices::PriceTable::load(path)?,
         None => agent::prices::PriceTable::built_in(),
     };
+    let kubecost = config
+        .kubecost_config
+        .as_deref()
+        .map(agent::kubecost::KubecostRules::load)
+        .transpose()?;
+    let services = match &kubecost {
+        Some(k) if !k.amazon_web_services => Default::default(),
+        _ => services,
+    };
     let router = Router {
+        kubecost,
         services,
         nat_gateway: config.egress.nat_gateway.clone(),
         gateway_endpoints: config.egress.gateway_endpoints.clone(),

@@ -6,6 +6,7 @@
 use std::{net::IpAddr, sync::Arc};
 
 use crate::{
+    kubecost::KubecostRules,
     services::ServiceRanges,
     topology::{classify_place, Place, StaticTopology, Topology, TrafficClass},
 };
@@ -48,6 +49,8 @@ pub struct Router {
     pub nat_gateway: Option<Place>,
     /// Service tags reached through gateway VPC endpoints.
     pub gateway_endpoints: Vec<String>,
+    /// Rules of a Kubecost network-costs config, when one is given.
+    pub kubecost: Option<KubecostRules>,
 }
 
 impl Router {
@@ -59,9 +62,18 @@ impl Router {
         addr: IpAddr,
         outbound: bool,
     ) -> Destination {
-        let class = topology.classify(addr);
+        let class = self.class(topology, addr);
+        let custom = self
+            .kubecost
+            .as_ref()
+            .and_then(|k| k.service(addr))
+            .map(Arc::<str>::from);
         if class != TrafficClass::Internet {
-            return class.into();
+            return Destination {
+                class,
+                service: custom,
+                route: Route::Direct,
+            };
         }
         let own = topology.own();
         let service = self.services.lookup(addr);
@@ -72,7 +84,7 @@ impl Router {
             Some(_) if own.region.is_some() => (TrafficClass::CrossRegion, false),
             _ => (TrafficClass::Internet, false),
         };
-        let tag = service.map(|s| s.tag.clone());
+        let tag = custom.or_else(|| service.map(|s| s.tag.clone()));
         let via_endpoint = in_region_service
             && tag
                 .as_deref()
@@ -98,6 +110,21 @@ impl Router {
             service: tag,
             route,
         }
+    }
+
+    /// The class of `addr`: Kubecost's direct classification, then what the cluster places, then
+    /// Kubecost's lists, then netcost's own classification (see `kubecost`).
+    fn class(&self, topology: &StaticTopology, addr: IpAddr) -> TrafficClass {
+        let Some(k) = &self.kubecost else {
+            return topology.classify(addr);
+        };
+        if let Some(place) = k.direct(addr) {
+            return classify_place(topology.own(), place);
+        }
+        if topology.lookup(addr).is_some() {
+            return topology.classify(addr);
+        }
+        k.listed(addr).unwrap_or_else(|| topology.classify(addr))
     }
 
     /// The route plain internet bytes take from this node (for series created before any byte).
@@ -139,6 +166,7 @@ mod tests {
                 ..Place::default()
             }),
             gateway_endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            kubecost: None,
         }
     }
 

@@ -45,6 +45,26 @@ const CLASSES: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// `config.yaml` of Kubecost's `network-costs-config` ConfigMap with the chart's defaults.
+const KUBECOST_CHART_CONFIG: &str = r#"destinations:
+  in-zone: ["127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+  in-region: []
+  cross-region: []
+  internet: []
+  direct-classification: []
+services:
+  google-cloud-services: true
+  amazon-web-services: true
+  azure-cloud-services: true
+"#;
+
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// What us-east-1 charges per GB for each class (the built-in table).
 fn price_of(class: &str) -> f64 {
     match class {
@@ -176,7 +196,23 @@ fn opencost_queries_on_a_real_prometheus_give_the_measured_bytes_and_dollars() -
     let state = Arc::new(ApiState::new());
     cluster(&node, &state, &["pod1", "pod2", "hostpod"]);
     let api = ApiServer::start(state.clone())?;
-    let agent = Agent::start("opencost", &config(&api.url(), ""))?;
+    // Kubecost's network-costs ConfigMap as its Helm chart ships it, taken as it is. Its
+    // `in-zone: 10.0.0.0/8` would make every cross-zone byte of this 10/8 cluster same-zone in
+    // Kubecost (kubecost #820); the Nodes place those addresses, and they win.
+    let kubecost_config =
+        std::env::temp_dir().join(format!("nct-kubecost-{}.yaml", std::process::id()));
+    std::fs::write(&kubecost_config, KUBECOST_CHART_CONFIG)?;
+    let _cleanup = RemoveOnDrop(kubecost_config.clone());
+    let agent = Agent::start(
+        "opencost",
+        &config(
+            &api.url(),
+            &format!(
+                "kubecost: {{ config_file: {} }}\n",
+                kubecost_config.display()
+            ),
+        ),
+    )?;
 
     // The exposition passes Prometheus' own linter.
     let (_, body) = agent.get("/metrics")?;
