@@ -195,7 +195,7 @@ impl KubecostRules {
         KubecostRules::parse(&path.display().to_string(), &text)
     }
 
-    fn longest<'a, T>(entries: &'a [(Cidr, T)], addr: IpAddr) -> Option<&'a T> {
+    fn longest<T>(entries: &[(Cidr, T)], addr: IpAddr) -> Option<&T> {
         entries
             .iter()
             .filter(|(c, _)| c.contains(addr))
