@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn the_built_in_table_is_valid_and_sourced() {
         let t = PriceTable::parse("built-in", BUILT_IN).unwrap();
-        assert_eq!(t.regions.len(), 21);
+        assert_eq!(t.regions.len(), 33);
         assert_eq!(t.gigabyte_bytes, GIB);
         let use1 = &t.regions["us-east-1"];
         assert_eq!(use1.internet_out[0].usd, 0.09);
