@@ -10,6 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod prices;
 mod ranges;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -31,6 +32,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   run     build, then run the agent on this machine (Ctrl-C stops it and detaches its programs)
   test    install missing tools, run every test (unit tests, then the root netns tests one at a time)
   service-ranges FILE   regenerate the bundled AWS S3/DynamoDB ranges from ip-ranges.json
+  prices OFFER [EC2_OFFER] [--out FILE]   reduce AWS Price List offer files to a price file
   bench   per-packet cost and throughput with and without the agent; memory with 250 pods;
           conntrack resolver CPU per 1,000 new connections";
 
@@ -46,6 +48,7 @@ fn main() -> Result<()> {
         }
         "run" => run(&rest),
         "service-ranges" => ranges::run(&rest),
+        "prices" => prices::run(&rest),
         "test" => test(&rest),
         "bench" => {
             let tools = ensure_tools()?;
