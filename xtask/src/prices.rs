@@ -15,10 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+/// A price dimension: beginRange GB, endRange GB (`None`: Inf), USD per GB.
+type Dimension = (f64, Option<f64>, f64);
+
 #[derive(Debug, Default)]
 struct Region {
-    /// (beginRange GB, endRange GB or None for Inf, USD)
-    internet: Vec<(f64, Option<f64>, f64)>,
+    internet: Vec<Dimension>,
     inter: BTreeMap<String, f64>,
     cross_zone: Option<f64>,
     nat: Option<f64>,
@@ -29,7 +31,7 @@ fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// sku → price dimensions (begin, end, USD) of its on-demand term.
-fn on_demand(doc: &Value, origin: &str) -> Result<HashMap<String, Vec<(f64, Option<f64>, f64)>>> {
+fn on_demand(doc: &Value, origin: &str) -> Result<HashMap<String, Vec<Dimension>>> {
     let terms = doc
         .pointer("/terms/OnDemand")
         .and_then(Value::as_object)
