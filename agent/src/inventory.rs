@@ -164,6 +164,8 @@ pub struct NodeMeta {
     pub place: Place,
     /// InternalIP and ExternalIP addresses.
     pub addresses: Vec<IpAddr>,
+    /// The ExternalIP addresses among them (public or Elastic IPs).
+    pub external: Vec<IpAddr>,
     pub pod_cidrs: Vec<Cidr>,
 }
 
@@ -184,6 +186,7 @@ pub fn node_meta(node: &Node) -> (NodeMeta, Vec<String>) {
         region: label(REGION_LABEL),
     };
     let mut addresses = Vec::new();
+    let mut external = Vec::new();
     for a in node
         .status
         .as_ref()
@@ -195,7 +198,12 @@ pub fn node_meta(node: &Node) -> (NodeMeta, Vec<String>) {
             continue;
         }
         match a.address.parse::<IpAddr>() {
-            Ok(ip) => addresses.push(ip),
+            Ok(ip) => {
+                addresses.push(ip);
+                if a.type_ == "ExternalIP" {
+                    external.push(ip);
+                }
+            }
             Err(_) => problems.push(format!(
                 "status.addresses: {:?} is not an IP address",
                 a.address
@@ -214,6 +222,7 @@ pub fn node_meta(node: &Node) -> (NodeMeta, Vec<String>) {
     }
     (
         NodeMeta {
+            external,
             name: node.metadata.name.clone().unwrap_or_default(),
             place,
             addresses,
@@ -440,7 +449,13 @@ impl Inventory {
                 extra.push((c, own.clone()));
             }
         }
-        base.extended(own, extra)
+        let public: Vec<(IpAddr, Option<String>)> = self
+            .nodes
+            .live
+            .values()
+            .flat_map(|n| n.external.iter().map(|ip| (*ip, n.place.region.clone())))
+            .collect();
+        base.extended(own, extra).with_public(public)
     }
 }
 
@@ -629,10 +644,18 @@ mod tests {
     fn nodes_place_addresses_and_pod_cidrs_by_zone_id() {
         let mut inv = Inventory::default();
         inv.nodes_init();
+        // A node of our own zone with a public IP: reaching it there costs like cross-zone.
+        let mut twin = node("twin", "us-east-1c", "use1-az1", "10.0.0.9", "10.0.9.0/24");
+        if let Some(a) = twin.status.as_mut().and_then(|s| s.addresses.as_mut()) {
+            a.push(NodeAddress {
+                type_: "ExternalIP".into(),
+                address: "198.51.100.9".into(),
+            });
+        }
         for n in [
             node("me", "us-east-1a", "use1-az1", "10.0.0.1", "10.0.1.0/24"),
             // Named "us-east-1c" but the same physical zone as ours.
-            node("twin", "us-east-1c", "use1-az1", "10.0.0.9", "10.0.9.0/24"),
+            twin,
             node("far", "us-east-1b", "use1-az2", "10.0.16.1", "10.0.17.0/24"),
         ] {
             let (m, problems) = node_meta(&n);
@@ -648,6 +671,7 @@ mod tests {
         assert_eq!(class("10.0.16.1"), TrafficClass::CrossZone);
         assert_eq!(class("10.0.17.3"), TrafficClass::CrossZone);
         assert_eq!(class("10.0.200.1"), TrafficClass::Unplaced);
+        assert_eq!(class("198.51.100.9"), TrafficClass::RegionalPublic);
         // Without our own Node, nothing private can be placed (and nothing is guessed).
         let t = inv.topology(&base, Some("unknown-node"), &Place::default());
         assert_eq!(

@@ -262,7 +262,8 @@ impl KubecostLabels {
         }
         let (internet, same_region, same_zone) = match labels.destination.class {
             TrafficClass::SameZone | TrafficClass::SameRegion => ("false", "true", "true"),
-            TrafficClass::CrossZone => ("false", "true", "false"),
+            // Charged like cross-zone traffic, which is how OpenCost then prices it.
+            TrafficClass::CrossZone | TrafficClass::RegionalPublic => ("false", "true", "false"),
             TrafficClass::CrossRegion => ("false", "false", "false"),
             TrafficClass::Internet => ("true", "false", "false"),
             TrafficClass::Unplaced | TrafficClass::Unknown => return None,

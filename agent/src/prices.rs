@@ -311,6 +311,8 @@ pub struct Prices {
     pub inter_region_to: BTreeMap<String, f64>,
     pub cross_zone_out: f64,
     pub cross_zone_in: f64,
+    pub public_ip_out: f64,
+    pub public_ip_in: f64,
     pub nat_gateway_per_gb: Option<f64>,
     pub gigabyte_bytes: f64,
 }
@@ -339,6 +341,8 @@ impl Prices {
             },
             cross_zone_out: overrides.cross_zone_out.unwrap_or(r.cross_zone_out),
             cross_zone_in: overrides.cross_zone_in.unwrap_or(r.cross_zone_in),
+            public_ip_out: r.public_ip_out,
+            public_ip_in: r.public_ip_in,
             nat_gateway_per_gb: overrides.nat_gateway_per_gb.or(r.nat_gateway_per_gb),
             gigabyte_bytes: table.gigabyte_bytes,
         })
@@ -357,6 +361,8 @@ impl Prices {
             TrafficClass::SameZone | TrafficClass::SameRegion => 0.0,
             TrafficClass::CrossZone if egress => self.cross_zone_out,
             TrafficClass::CrossZone => self.cross_zone_in,
+            TrafficClass::RegionalPublic if egress => self.public_ip_out,
+            TrafficClass::RegionalPublic => self.public_ip_in,
             // Charged once, by the sending region; inbound is free.
             TrafficClass::CrossRegion if egress => remote_region
                 .and_then(|r| self.inter_region_to.get(r).copied())

@@ -13,6 +13,9 @@ pub enum TrafficClass {
     SameZone,
     /// Another zone of our region: $0.01/GB each way.
     CrossZone,
+    /// A public or Elastic IP address of our own region (another node's ExternalIP): AWS charges
+    /// $0.01/GB each way for it, whatever the zone, like cross-zone traffic.
+    RegionalPublic,
     /// Inside our region but in no zone: a regional AWS service (S3, DynamoDB) of our region,
     /// reached at its public address. No transfer charge (a NAT gateway's processing aside).
     SameRegion,
@@ -30,9 +33,10 @@ pub enum TrafficClass {
 }
 
 impl TrafficClass {
-    pub const ALL: [TrafficClass; 7] = [
+    pub const ALL: [TrafficClass; 8] = [
         TrafficClass::SameZone,
         TrafficClass::CrossZone,
+        TrafficClass::RegionalPublic,
         TrafficClass::SameRegion,
         TrafficClass::CrossRegion,
         TrafficClass::Internet,
@@ -44,6 +48,7 @@ impl TrafficClass {
         match self {
             TrafficClass::SameZone => "same_zone",
             TrafficClass::CrossZone => "cross_zone",
+            TrafficClass::RegionalPublic => "regional_public",
             TrafficClass::SameRegion => "same_region",
             TrafficClass::CrossRegion => "cross_region",
             TrafficClass::Internet => "internet",
@@ -228,6 +233,8 @@ pub struct StaticTopology {
     by_length: Vec<(u8, HashMap<u128, Place>)>,
     /// Every entry in the order given, to extend the table later.
     entries: Vec<(Cidr, Place)>,
+    /// Public addresses of our own region (nodes' ExternalIPs): `RegionalPublic`.
+    regional_public: std::collections::HashSet<IpAddr>,
 }
 
 /// Ranges that are never the internet.
@@ -247,6 +254,7 @@ impl StaticTopology {
             vpc,
             by_length: Vec::new(),
             entries: Vec::new(),
+            regional_public: Default::default(),
         };
         t.add(entries);
         t
@@ -286,9 +294,21 @@ impl StaticTopology {
             vpc: self.vpc.clone(),
             by_length: self.by_length.clone(),
             entries: self.entries.clone(),
+            regional_public: self.regional_public.clone(),
         };
         t.add(extra);
         t
+    }
+
+    /// Marks public addresses (nodes' ExternalIPs) of `region`; those of our own region become
+    /// `RegionalPublic`, the others keep their place (another region: cross-region).
+    pub fn with_public(mut self, addrs: impl IntoIterator<Item = (IpAddr, Option<String>)>) -> Self {
+        for (addr, region) in addrs {
+            if region.is_some() && region == self.own.region {
+                self.regional_public.insert(addr);
+            }
+        }
+        self
     }
 
     pub fn entries(&self) -> usize {
@@ -319,6 +339,9 @@ impl Topology for StaticTopology {
     fn classify(&self, addr: IpAddr) -> TrafficClass {
         if never_leaves_node(addr) {
             return TrafficClass::SameZone;
+        }
+        if self.regional_public.contains(&addr) {
+            return TrafficClass::RegionalPublic;
         }
         if let Some(place) = self.lookup(addr) {
             return classify_place(&self.own, place);
