@@ -302,7 +302,10 @@ impl StaticTopology {
 
     /// Marks public addresses (nodes' ExternalIPs) of `region`; those of our own region become
     /// `RegionalPublic`, the others keep their place (another region: cross-region).
-    pub fn with_public(mut self, addrs: impl IntoIterator<Item = (IpAddr, Option<String>)>) -> Self {
+    pub fn with_public(
+        mut self,
+        addrs: impl IntoIterator<Item = (IpAddr, Option<String>)>,
+    ) -> Self {
         for (addr, region) in addrs {
             if region.is_some() && region == self.own.region {
                 self.regional_public.insert(addr);
