@@ -117,17 +117,33 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
         let docs = render(dir)?;
         check_types(dir, &docs)?;
         let ds = daemonset(&docs)?;
-        let pod = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("pod spec")?;
+        let pod = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .context("pod spec")?;
         let c = pod.containers.first().context("container")?;
         let sc = c.security_context.as_ref().context("securityContext")?;
         ensure!(sc.privileged == Some(false), "{dir}: privileged");
-        ensure!(sc.allow_privilege_escalation == Some(false), "{dir}: allowPrivilegeEscalation");
-        ensure!(sc.read_only_root_filesystem == Some(true), "{dir}: readOnlyRootFilesystem");
+        ensure!(
+            sc.allow_privilege_escalation == Some(false),
+            "{dir}: allowPrivilegeEscalation"
+        );
+        ensure!(
+            sc.read_only_root_filesystem == Some(true),
+            "{dir}: readOnlyRootFilesystem"
+        );
         let caps = sc.capabilities.as_ref().context("capabilities")?;
         let mut add = caps.add.clone().unwrap_or_default();
         add.sort();
-        ensure!(add == ["BPF", "NET_ADMIN", "PERFMON"], "{dir}: capabilities {add:?}");
-        ensure!(caps.drop.as_deref() == Some(&["ALL".to_owned()][..]), "{dir}: drop ALL");
+        ensure!(
+            add == ["BPF", "NET_ADMIN", "PERFMON"],
+            "{dir}: capabilities {add:?}"
+        );
+        ensure!(
+            caps.drop.as_deref() == Some(&["ALL".to_owned()][..]),
+            "{dir}: drop ALL"
+        );
         let node_name = c
             .env
             .iter()
@@ -135,19 +151,40 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
             .find(|e| e.name == "NODE_NAME")
             .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
             .map(|f| f.field_path.clone());
-        ensure!(node_name.as_deref() == Some("spec.nodeName"), "{dir}: NODE_NAME from the downward API");
-        let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-            p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone())
-        };
-        ensure!(probe_path(&c.liveness_probe).as_deref() == Some("/healthz"), "{dir}: liveness");
-        ensure!(probe_path(&c.readiness_probe).as_deref() == Some("/readyz"), "{dir}: readiness");
         ensure!(
-            pod.tolerations.iter().flatten().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+            node_name.as_deref() == Some("spec.nodeName"),
+            "{dir}: NODE_NAME from the downward API"
+        );
+        let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        ensure!(
+            probe_path(&c.liveness_probe).as_deref() == Some("/healthz"),
+            "{dir}: liveness"
+        );
+        ensure!(
+            probe_path(&c.readiness_probe).as_deref() == Some("/readyz"),
+            "{dir}: readiness"
+        );
+        ensure!(
+            pod.tolerations
+                .iter()
+                .flatten()
+                .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
             "{dir}: tolerates every taint"
         );
         ensure!(pod.host_network == Some(true), "{dir}: hostNetwork");
-        let strategy = ds.spec.as_ref().and_then(|s| s.update_strategy.as_ref()).and_then(|u| u.type_.clone());
-        ensure!(strategy.as_deref() == Some("RollingUpdate"), "{dir}: rolling update");
+        let strategy = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.type_.clone());
+        ensure!(
+            strategy.as_deref() == Some("RollingUpdate"),
+            "{dir}: rolling update"
+        );
         let port = c.ports.iter().flatten().find(|p| p.container_port == 3001);
         ensure!(port.is_some(), "{dir}: port 3001");
         // The config the ConfigMap carries is one the agent accepts.
@@ -159,9 +196,21 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
         agent::config::Config::parse(cm).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
         if dir.ends_with("kubecost") {
             let labels = pod_labels(&ds);
-            ensure!(labels.get("app.kubernetes.io/name").map(String::as_str) == Some("network-costs"), "{dir}: {labels:?}");
-            ensure!(labels.get("app.kubernetes.io/instance").map(String::as_str) == Some("kubecost"), "{dir}: {labels:?}");
-            ensure!(docs.iter().all(|d| d["kind"] == "Namespace" || d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding" || d["metadata"]["namespace"] == "kubecost"), "{dir}: everything in the kubecost namespace");
+            ensure!(
+                labels.get("app.kubernetes.io/name").map(String::as_str) == Some("network-costs"),
+                "{dir}: {labels:?}"
+            );
+            ensure!(
+                labels.get("app.kubernetes.io/instance").map(String::as_str) == Some("kubecost"),
+                "{dir}: {labels:?}"
+            );
+            ensure!(
+                docs.iter().all(|d| d["kind"] == "Namespace"
+                    || d["kind"] == "ClusterRole"
+                    || d["kind"] == "ClusterRoleBinding"
+                    || d["metadata"]["namespace"] == "kubecost"),
+                "{dir}: everything in the kubecost namespace"
+            );
         }
     }
     Ok(())
@@ -188,8 +237,16 @@ fn prometheus_rules_pass_promtool_and_their_unit_tests() -> Result<()> {
     let rules = dir.join("rules.json");
     std::fs::write(&rules, serde_json::to_string(&rule["spec"])?)?;
     let promtool = |args: &[&str]| -> Result<String> {
-        let out = Command::new("promtool").args(args).current_dir(&dir).output().context("running promtool")?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .context("running promtool")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         ensure!(out.status.success(), "promtool {args:?}:\n{text}");
         Ok(text)
     };
@@ -224,15 +281,16 @@ tests:
       - series: 'up{job="netcost-agent",instance="n2"}'
         values: '1x5 0x20'
     promql_expr_test:
-      - expr: namespace:netcost_cost_dollars:rate1h
+      # Rounded: this promtool compares floats exactly.
+      - expr: round(namespace:netcost_cost_dollars:rate1h, 0.000001)
         eval_time: 120m
         exp_samples:
-          - labels: 'namespace:netcost_cost_dollars:rate1h{namespace="shop"}'
+          - labels: '{namespace="shop"}'
             value: 0.0396
-      - expr: workload:netcost_cost_dollars:rate1h{workload="cart"}
+      - expr: round(workload:netcost_cost_dollars:rate1h{workload="cart"}, 0.000001)
         eval_time: 120m
         exp_samples:
-          - labels: 'workload:netcost_cost_dollars:rate1h{namespace="shop",workload_kind="Deployment",workload="cart"}'
+          - labels: '{namespace="shop",workload_kind="Deployment",workload="cart"}'
             value: 0.036
     alert_rule_test:
       - eval_time: 15m

@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "ip6tables"),
     ("prometheus", "prometheus"),
     ("prometheus", "promtool"),
+    ("kubernetes-client", "kubectl"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
