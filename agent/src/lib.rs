@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod nat;
 pub mod pipeline;
 pub mod prices;
+pub mod privileges;
 pub mod route;
 pub mod server;
 pub mod services;

@@ -133,7 +133,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (kernel, maps, translated) =
         kernel::load_and_attach(&cgroup_root, config.flow_entries, config.overflow_entries)
-            .with_context(|| format!("attaching to cgroup v2 root {}", cgroup_root.display()))?;
+            .map_err(|e| {
+                // Name the capability that is missing, if one is: the kernel only says EPERM.
+                let missing = agent::privileges::missing_capabilities();
+                let err = anyhow::Error::new(e).context(format!(
+                    "attaching to cgroup v2 root {}",
+                    cgroup_root.display()
+                ));
+                if missing.is_empty() {
+                    err
+                } else {
+                    err.context(format!(
+                        "missing capability {}",
+                        missing
+                            .iter()
+                            .map(|(cap, why)| format!("{cap} ({why})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            })?;
     tracing::info!(
         cgroup_root = %cgroup_root.display(),
         programs = kernel.attached,

@@ -45,16 +45,22 @@ impl Agent {
     /// Starts the agent with `config` (YAML without `listen`, which is added) and waits until it
     /// is ready (programs attached, one drain done, inventory synced if it uses the API).
     pub fn start(name: &str, config: &str) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/readyz")
+        Agent::start_waiting_for(name, config, "/readyz", &[])
+    }
+
+    /// Starts the agent through `wrapper` (a command that ends by running the argv it is given,
+    /// e.g. `setpriv … --`), and waits until it is ready.
+    pub fn start_wrapped(name: &str, config: &str, wrapper: &[&str]) -> Result<Agent> {
+        Agent::start_waiting_for(name, config, "/readyz", wrapper)
     }
 
     /// Starts the agent and waits only until it is alive (`/healthz`): for tests where its
     /// Kubernetes API is not there yet.
     pub fn start_unready(name: &str, config: &str) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/healthz")
+        Agent::start_waiting_for(name, config, "/healthz", &[])
     }
 
-    fn start_waiting_for(name: &str, config: &str, probe: &str) -> Result<Agent> {
+    fn start_waiting_for(name: &str, config: &str, probe: &str, wrapper: &[&str]) -> Result<Agent> {
         let port = free_port()?;
         let dir = std::env::temp_dir();
         let config_path = dir.join(format!("nct-{name}.yaml"));
@@ -64,7 +70,16 @@ impl Agent {
             format!("listen: \"127.0.0.1:{port}\"\n{config}"),
         )?;
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(agent_bin()?)
+        let bin = agent_bin()?;
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -95,6 +110,12 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The agent's `/proc/<pid>/status` (wrappers exec into the agent: same pid).
+    pub fn status(&mut self) -> Result<String> {
+        let pid = self.proc.child().id();
+        Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?)
     }
 
     /// Resident and peak resident memory of the agent process, KiB (`VmRSS`, `VmHWM`).

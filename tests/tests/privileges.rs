@@ -1,0 +1,125 @@
+//! Root test: the agent runs with exactly the DaemonSet's capabilities (CAP_BPF, CAP_PERFMON,
+//! CAP_NET_ADMIN; every other one dropped from the effective, permitted, inheritable, ambient and
+//! bounding sets) on a read-only root filesystem, and loads, attaches, counts and serves; without
+//! any one of the three it exits with an error that names the missing capability.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use netcost_tests::{
+    agent::{agent_bin, Agent},
+    serial,
+    simnode::{Family, Offloads, SimNode, TOPOLOGY_YAML},
+};
+
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_nct-traffic");
+const CAPS: [&str; 3] = ["bpf", "perfmon", "net_admin"];
+
+fn config() -> String {
+    format!("drain_interval_seconds: 0.5\nkubernetes: {{ enabled: false }}\n{TOPOLOGY_YAML}")
+}
+
+/// A private mount namespace whose root is remounted read-only (checked: a write must fail),
+/// then setpriv down to `caps` and exec the agent.
+fn wrapper(caps: &[&str]) -> Vec<String> {
+    let set = format!(
+        "-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    vec![
+        "unshare".into(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount -o remount,bind,ro / && ! touch /nct-read-only-probe 2>/dev/null && exec setpriv --inh-caps={set} --ambient-caps={set} --bounding-set={set} \"$@\""
+        ),
+        "sh".into(),
+    ]
+}
+
+#[test]
+fn runs_with_exactly_its_three_capabilities_on_a_read_only_root() -> Result<()> {
+    let _serial = serial();
+    let node = SimNode::build(TRAFFIC.as_ref(), Offloads::Default)?;
+    let w = wrapper(&CAPS);
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_wrapped("least-privilege", &config(), &w)?;
+    // Exactly CAP_NET_ADMIN (12), CAP_PERFMON (38) and CAP_BPF (39), nothing else, in every set.
+    let status = agent.status()?;
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(set))
+            .map(str::trim)
+            .with_context(|| format!("{set} missing"))?;
+        eprintln!("agent {set} {v}");
+        ensure!(
+            u64::from_str_radix(v, 16)? == (1 << 12) | (1 << 38) | (1 << 39),
+            "{set} {v}"
+        );
+    }
+    node.transfer("pod1", "internet", Family::V4, &["send", "2000000"])?;
+    let samples = agent.settled_metrics(Duration::from_millis(500))?;
+    let uid = &node.pod("pod1").uid;
+    let truth = node.pod("pod1").truth()?[&("internet".to_owned(), "egress".to_owned())] as f64;
+    let got = samples
+        .value(
+            "netcost_network_bytes_total",
+            &[
+                ("pod_uid", uid),
+                ("traffic_class", "internet"),
+                ("direction", "egress"),
+            ],
+        )
+        .context("no pod1 internet egress series")?;
+    eprintln!("least privilege: pod1 internet egress netcost {got}, truth {truth}");
+    ensure!(got == truth, "counted {got}, truth {truth}");
+    ensure!(
+        samples.value("netcost_programs_attached", &[]) == Some(2.0),
+        "programs not attached"
+    );
+    agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn without_any_one_capability_it_names_the_missing_one() -> Result<()> {
+    let _serial = serial();
+    let dir = std::env::temp_dir();
+    let config_path = dir.join("nct-missing-cap.yaml");
+    std::fs::write(
+        &config_path,
+        format!("listen: \"127.0.0.1:0\"\n{}", config()),
+    )?;
+    for missing in CAPS {
+        let caps: Vec<&str> = CAPS.iter().copied().filter(|c| *c != missing).collect();
+        let w = wrapper(&caps);
+        let out = std::process::Command::new(&w[0])
+            .args(&w[1..])
+            .arg(agent_bin()?)
+            .arg("--config")
+            .arg(&config_path)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("netcost-agent:"))
+            .unwrap_or_default()
+            .to_owned();
+        eprintln!("without CAP_{}: {}", missing.to_uppercase(), line);
+        ensure!(!out.status.success(), "started without CAP_{missing}");
+        let want = format!("missing capability CAP_{}", missing.to_uppercase());
+        ensure!(
+            line.contains(&want),
+            "error does not say {want:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(&config_path);
+    Ok(())
+}
