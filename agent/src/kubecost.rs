@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::topology::{Cidr, Place, TrafficClass};
+use crate::topology::{Cidr, Place, PrefixTable, TrafficClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubecostConfigError {
@@ -95,14 +95,14 @@ struct RawService {
 /// The rules of a Kubecost config, in its precedence.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KubecostRules {
-    pub direct: Vec<(Cidr, Place)>,
-    pub internet: Vec<Cidr>,
+    pub direct: PrefixTable<Place>,
+    pub internet: PrefixTable<()>,
     /// in-zone, in-region and cross-region entries: the longest prefix decides among them.
-    pub lists: Vec<(Cidr, TrafficClass)>,
+    pub lists: PrefixTable<TrafficClass>,
     /// `services.amazon-web-services` (the bundled AWS ranges), default true.
     pub amazon_web_services: bool,
-    /// Custom services: prefix and tag.
-    pub services: Vec<(Cidr, String)>,
+    /// Custom services: prefix → tag.
+    pub services: PrefixTable<String>,
 }
 
 impl KubecostRules {
@@ -128,10 +128,12 @@ impl KubecostRules {
         };
         let d = &raw.destinations;
         let mut rules = KubecostRules {
-            internet: cidrs("destinations.internet", &d.internet)?,
             amazon_web_services: raw.services.amazon_web_services.unwrap_or(true),
             ..KubecostRules::default()
         };
+        for c in cidrs("destinations.internet", &d.internet)? {
+            rules.internet.insert(c, ());
+        }
         for (field, list, class) in [
             ("destinations.in-zone", &d.in_zone, TrafficClass::SameZone),
             (
@@ -146,7 +148,7 @@ impl KubecostRules {
             ),
         ] {
             for c in cidrs(field, list)? {
-                rules.lists.push((c, class));
+                rules.lists.insert(c, class);
             }
         }
         for (i, dc) in d.direct_classification.iter().enumerate() {
@@ -160,7 +162,7 @@ impl KubecostRules {
                 region: Some(dc.region.trim().to_owned()),
             };
             for c in cidrs(&format!("{field}.ips"), &dc.ips)? {
-                rules.direct.push((c, place.clone()));
+                rules.direct.insert(c, place.clone());
             }
         }
         for (i, s) in raw.services.services.iter().enumerate() {
@@ -170,7 +172,7 @@ impl KubecostRules {
             )
             .map_err(|e| err(format!("services.services[{i}].service"), e.to_string()))?;
             for c in cidrs(&format!("services.services[{i}].ips"), &s.ips)? {
-                rules.services.push((c, tag.clone()));
+                rules.services.insert(c, tag.clone());
             }
         }
         for (flag, name) in [
@@ -195,29 +197,21 @@ impl KubecostRules {
         KubecostRules::parse(&path.display().to_string(), &text)
     }
 
-    fn longest<T>(entries: &[(Cidr, T)], addr: IpAddr) -> Option<&T> {
-        entries
-            .iter()
-            .filter(|(c, _)| c.contains(addr))
-            .max_by_key(|(c, _)| c.prefix_bits())
-            .map(|(_, t)| t)
-    }
-
     /// A direct classification of `addr` (the place it names).
     pub fn direct(&self, addr: IpAddr) -> Option<&Place> {
-        Self::longest(&self.direct, addr)
+        self.direct.lookup(addr)
     }
 
     /// The class the internet and zone lists give `addr`, in Kubecost's precedence.
     pub fn listed(&self, addr: IpAddr) -> Option<TrafficClass> {
-        if self.internet.iter().any(|c| c.contains(addr)) {
+        if self.internet.lookup(addr).is_some() {
             return Some(TrafficClass::Internet);
         }
-        Self::longest(&self.lists, addr).copied()
+        self.lists.lookup(addr).copied()
     }
 
     pub fn service(&self, addr: IpAddr) -> Option<&str> {
-        Self::longest(&self.services, addr).map(String::as_str)
+        self.services.lookup(addr).map(String::as_str)
     }
 }
 

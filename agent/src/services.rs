@@ -9,7 +9,7 @@
 
 use std::{collections::HashMap, net::IpAddr, path::Path, sync::Arc};
 
-use crate::topology::Cidr;
+use crate::topology::{Cidr, PrefixTable};
 
 /// The bundled table.
 pub const BUNDLED: &str = include_str!("../data/aws-service-ranges.tsv");
@@ -38,28 +38,12 @@ pub struct Service {
     pub region: Option<Arc<str>>,
 }
 
-/// Longest-prefix lookup: one hash probe per distinct prefix length, longest first.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceRanges {
-    by_length: Vec<(u8, HashMap<u128, Service>)>,
+    table: PrefixTable<Service>,
     /// Where the table came from (for logs).
     pub origin: String,
     pub prefixes: usize,
-}
-
-fn mapped(addr: IpAddr) -> u128 {
-    match addr {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-fn mask(bits: u8) -> u128 {
-    if bits == 0 {
-        0
-    } else {
-        u128::MAX << (128 - bits as u32)
-    }
 }
 
 impl ServiceRanges {
@@ -77,7 +61,7 @@ impl ServiceRanges {
                 .or_insert_with(|| Arc::from(s))
                 .clone()
         };
-        let mut by_length: HashMap<u8, HashMap<u128, Service>> = HashMap::new();
+        let mut table = PrefixTable::default();
         let mut prefixes = 0;
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
@@ -110,17 +94,11 @@ impl ServiceRanges {
                 tag: intern(tag),
                 region: (region != "GLOBAL").then(|| intern(region)),
             };
-            let (addr, _) = cidr.parts();
-            by_length
-                .entry(cidr.prefix_bits())
-                .or_default()
-                .insert(mapped(addr) & mask(cidr.prefix_bits()), service);
+            table.insert(cidr, service);
             prefixes += 1;
         }
-        let mut by_length: Vec<_> = by_length.into_iter().collect();
-        by_length.sort_by_key(|b| std::cmp::Reverse(b.0));
         Ok(ServiceRanges {
-            by_length,
+            table,
             origin: source_name.to_owned(),
             prefixes,
         })
@@ -140,10 +118,7 @@ impl ServiceRanges {
     }
 
     pub fn lookup(&self, addr: IpAddr) -> Option<&Service> {
-        let m = mapped(addr);
-        self.by_length
-            .iter()
-            .find_map(|(bits, table)| table.get(&(m & mask(*bits))))
+        self.table.lookup(addr)
     }
 }
 
@@ -164,11 +139,7 @@ mod tests {
         let t = ServiceRanges::parse("bundled", BUNDLED).unwrap();
         assert!(t.prefixes > 100, "only {} prefixes", t.prefixes);
         assert!(bundled_date().is_some(), "the bundled table has no date");
-        let mut tags: Vec<&str> = t
-            .by_length
-            .iter()
-            .flat_map(|(_, m)| m.values().map(|s| &*s.tag))
-            .collect();
+        let mut tags: Vec<&str> = t.table.values().map(|s| &*s.tag).collect();
         tags.sort();
         tags.dedup();
         assert_eq!(tags, vec!["aws-dynamodb", "aws-s3"]);

@@ -219,6 +219,51 @@ impl Place {
     }
 }
 
+/// Longest-prefix lookup over IPv4 and IPv6 prefixes: one hash probe per distinct prefix length,
+/// longest first. For equal prefixes the first value inserted wins.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefixTable<T> {
+    by_length: Vec<(u8, HashMap<u128, T>)>,
+}
+
+impl<T> Default for PrefixTable<T> {
+    fn default() -> Self {
+        PrefixTable {
+            by_length: Vec::new(),
+        }
+    }
+}
+
+impl<T> PrefixTable<T> {
+    /// Inserts `value` for `cidr` unless that exact prefix already has one.
+    pub fn insert(&mut self, cidr: Cidr, value: T) {
+        let slot = match self.by_length.iter().position(|(b, _)| *b == cidr.bits) {
+            Some(i) => i,
+            None => {
+                self.by_length.push((cidr.bits, HashMap::new()));
+                self.by_length.sort_by_key(|(b, _)| std::cmp::Reverse(*b));
+                self.by_length
+                    .iter()
+                    .position(|(b, _)| *b == cidr.bits)
+                    .unwrap_or_default()
+            }
+        };
+        self.by_length[slot].1.entry(cidr.network).or_insert(value);
+    }
+
+    /// The value of the longest prefix containing `addr`.
+    pub fn lookup(&self, addr: IpAddr) -> Option<&T> {
+        let a = mapped(addr);
+        self.by_length
+            .iter()
+            .find_map(|(bits, map)| map.get(&(a & mask(*bits))))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.by_length.iter().flat_map(|(_, m)| m.values())
+    }
+}
+
 /// A table of prefixes → places, our own place, and the private ranges that are never internet.
 /// Built from the config file, and rebuilt with the Kubernetes Nodes (their addresses and pod
 /// CIDRs) when those change.
@@ -229,8 +274,7 @@ impl Place {
 pub struct StaticTopology {
     own: Place,
     vpc: Vec<Cidr>,
-    /// (prefix bits, network → place), longest prefix first.
-    by_length: Vec<(u8, HashMap<u128, Place>)>,
+    places: PrefixTable<Place>,
     /// Every entry in the order given, to extend the table later.
     entries: Vec<(Cidr, Place)>,
     /// Public addresses of our own region (nodes' ExternalIPs): `RegionalPublic`.
@@ -252,7 +296,7 @@ impl StaticTopology {
         let mut t = StaticTopology {
             own,
             vpc,
-            by_length: Vec::new(),
+            places: PrefixTable::default(),
             entries: Vec::new(),
             regional_public: Default::default(),
         };
@@ -262,22 +306,8 @@ impl StaticTopology {
 
     fn add(&mut self, entries: impl IntoIterator<Item = (Cidr, Place)>) {
         for (cidr, place) in entries {
-            let slot = match self.by_length.iter().position(|(b, _)| *b == cidr.bits) {
-                Some(i) => i,
-                None => {
-                    self.by_length.push((cidr.bits, HashMap::new()));
-                    self.by_length.sort_by_key(|(b, _)| std::cmp::Reverse(*b));
-                    self.by_length
-                        .iter()
-                        .position(|(b, _)| *b == cidr.bits)
-                        .unwrap_or_default()
-                }
-            };
             // For equal prefixes the first source (the config file) wins.
-            self.by_length[slot]
-                .1
-                .entry(cidr.network)
-                .or_insert_with(|| place.clone());
+            self.places.insert(cidr, place.clone());
             self.entries.push((cidr, place));
         }
     }
@@ -292,7 +322,7 @@ impl StaticTopology {
         let mut t = StaticTopology {
             own,
             vpc: self.vpc.clone(),
-            by_length: self.by_length.clone(),
+            places: self.places.clone(),
             entries: self.entries.clone(),
             regional_public: self.regional_public.clone(),
         };
@@ -319,10 +349,7 @@ impl StaticTopology {
     }
 
     pub fn lookup(&self, addr: IpAddr) -> Option<&Place> {
-        let a = mapped(addr);
-        self.by_length
-            .iter()
-            .find_map(|(bits, map)| map.get(&(a & mask(*bits))))
+        self.places.lookup(addr)
     }
 }
 
