@@ -4,8 +4,7 @@
 //! lints the exposition. Prometheus listens on loopback only and scrapes only the agent.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
+    io::Write,
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -13,7 +12,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use netcost_tests::{
-    agent::Agent,
+    agent::{free_port, http_get, Agent},
     apiserver::{ApiServer, ApiState},
     kubenode::{cluster, config, names},
     serial,
@@ -87,12 +86,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl Prometheus {
     fn start(target_port: u16) -> Result<Prometheus> {
         let dir = std::env::temp_dir().join(format!("nct-prometheus-{}", std::process::id()));
@@ -127,7 +120,7 @@ impl Prometheus {
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while p.get("/-/ready").map(|(c, _)| c) != Ok(200) {
+        while p.get("/-/ready").ok().map(|(c, _)| c) != Some(200) {
             ensure!(
                 Instant::now() < deadline,
                 "prometheus not ready: {}",
@@ -142,28 +135,14 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
-    fn get(&self, path_and_query: &str) -> Result<(u16, String), String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        write!(
-            s,
-            "GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-        )
-        .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or("no status")?;
-        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        Ok((code, body.to_owned()))
+    fn get(&self, path_and_query: &str) -> Result<(u16, String)> {
+        http_get(self.port, path_and_query)
     }
 
     /// An instant query at `time` (Unix seconds); the result vector.
     fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>> {
         let q = format!("/api/v1/query?query={}&time={time:.3}", urlencode(expr));
-        let (code, body) = self.get(&q).map_err(anyhow::Error::msg)?;
+        let (code, body) = self.get(&q)?;
         ensure!(code == 200, "query {expr}: HTTP {code}: {body}");
         let v: Value = serde_json::from_str(&body)?;
         Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())

@@ -65,41 +65,44 @@ fn main() -> Result<()> {
     }
 }
 
-/// Memory and API requests with 250 pods and 1,000 nodes in the Kubernetes API double.
-fn kube_bench(tools: &Tools, agent: &Path) -> Result<()> {
-    step("building the Kubernetes bench (API double with 250 pods, 1,000 nodes)");
+/// Builds the bench binary `bin` of the tests crate (with `nct-traffic`, which the netns benches
+/// run) and runs it against `agent`.
+fn tests_bench(tools: &Tools, agent: &Path, bin: &str, what: &str) -> Result<()> {
+    step(&format!("building {bin}"));
     status(tools.cargo().args([
         "build",
         "--release",
         "-p",
         "netcost-tests",
         "--bin",
-        "nct-kube-bench",
+        bin,
+        "--bin",
+        "nct-traffic",
     ]))?;
-    step("agent memory with 250 pods through pod churn and node updates");
+    step(what);
     status(
-        Command::new(workspace_root().join("target/release/nct-kube-bench"))
+        Command::new(workspace_root().join("target/release").join(bin))
             .env("NETCOST_AGENT_BIN", agent),
+    )
+}
+
+/// Memory and API requests with 250 pods and 1,000 nodes in the Kubernetes API double.
+fn kube_bench(tools: &Tools, agent: &Path) -> Result<()> {
+    tests_bench(
+        tools,
+        agent,
+        "nct-kube-bench",
+        "agent memory with 250 pods through pod churn and node updates",
     )
 }
 
 /// The conntrack resolver's CPU per 1,000 new connections through a DNATed ClusterIP.
 fn nat_bench(tools: &Tools, agent: &Path) -> Result<()> {
-    step("building the NAT resolver bench");
-    status(tools.cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "netcost-tests",
-        "--bin",
+    tests_bench(
+        tools,
+        agent,
         "nct-nat-bench",
-        "--bin",
-        "nct-traffic",
-    ]))?;
-    step("resolver CPU per 1,000 new connections (storms through a ClusterIP on the netns node)");
-    status(
-        Command::new(workspace_root().join("target/release/nct-nat-bench"))
-            .env("NETCOST_AGENT_BIN", agent),
+        "resolver CPU per 1,000 new connections (storms through a ClusterIP on the netns node)",
     )
 }
 
