@@ -33,6 +33,10 @@
 //!   override: { cross_zone_out: 0.01, cross_zone_in: 0.01, internet_out: 0.09, inter_region_out: 0.02, nat_gateway_per_gb: 0.045 }
 //! kubecost:
 //!   config_file: /etc/network-costs/config.yaml  # Kubecost's network-costs-config, as it is
+//! state:                       # restarts and upgrades that lose no byte
+//!   pin: true                  # pin maps and links in bpffs so counting goes on without us
+//!   pin_dir: /sys/fs/bpf/netcost   # must be on bpffs; pins go to <pin_dir>/v<ABI>/
+//!   dir: /var/lib/netcost      # the totals checkpoint (written at every drain)
 //! topology:                    # our place: config, else our Node's labels, else IMDS
 //!   region: us-east-1
 //!   zone: us-east-1a
@@ -99,6 +103,16 @@ struct RawConfig {
     prices: Option<RawPrices>,
     #[serde(default)]
     kubecost: Option<RawKubecost>,
+    #[serde(default)]
+    state: Option<RawState>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    pin: Option<bool>,
+    pin_dir: Option<String>,
+    dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,6 +322,25 @@ pub struct PricesConfig {
     pub overrides: crate::prices::Overrides,
 }
 
+/// Where the agent keeps what must outlive it: pinned maps and links (the kernel goes on counting
+/// while no agent runs) and the checkpoint of its totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    pub pin: bool,
+    pub pin_dir: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            pin: true,
+            pin_dir: PathBuf::from("/sys/fs/bpf/netcost"),
+            dir: PathBuf::from("/var/lib/netcost"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -327,6 +360,7 @@ pub struct Config {
     pub prices: PricesConfig,
     /// Kubecost's network-costs `config.yaml`, accepted as it is.
     pub kubecost_config: Option<PathBuf>,
+    pub state: StateConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "[::]:3001";
@@ -414,7 +448,9 @@ impl Config {
             raw.kubecost.unwrap_or_default().config_file,
         )?
         .map(PathBuf::from);
+        let state = state(raw.state.unwrap_or_default())?;
         Ok(Config {
+            state,
             kubecost_config,
             prices,
             nat,
@@ -431,6 +467,21 @@ impl Config {
             topology,
         })
     }
+}
+
+fn state(raw: RawState) -> Result<StateConfig, ConfigError> {
+    let default = StateConfig::default();
+    let absolute =
+        |field: &str, value: Option<String>, default: PathBuf| match optional(field, value)? {
+            None => Ok(default),
+            Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+            Some(p) => Err(field_error(field, format!("{p:?} is not an absolute path"))),
+        };
+    Ok(StateConfig {
+        pin: raw.pin.unwrap_or(true),
+        pin_dir: absolute("state.pin_dir", raw.pin_dir, default.pin_dir)?,
+        dir: absolute("state.dir", raw.dir, default.dir)?,
+    })
 }
 
 fn seconds(

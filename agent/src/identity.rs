@@ -9,7 +9,10 @@ use std::{
 };
 
 /// The workload identity bytes are attributed to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Identity {
     Pod {
         uid: String,

@@ -5,6 +5,8 @@
 //! [`topology`] classifies remote addresses, [`metrics`] and [`server`] expose the result, and
 //! [`pipeline`] runs the steps in that order.
 
+pub mod bpf_sys;
+pub mod checkpoint;
 pub mod config;
 pub mod conntrack;
 pub mod drain;

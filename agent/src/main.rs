@@ -6,11 +6,13 @@ use std::{
 };
 
 use agent::{
+    checkpoint::{CheckpointStore, MapsIdentity},
     config::{CgroupRoot, Config, ConntrackMode},
     drain::Drainer,
     identity::{find_cgroup2_mount, CgroupResolver},
     imds, k8s, kernel,
-    metrics::{MapLabels, Metrics},
+    kernel::MapsOrigin,
+    metrics::{MapLabels, Metrics, StartLabels},
     nat::{self, NatTable, ResolverOptions},
     pipeline::{Pipeline, PipelineOptions},
     route::Router,
@@ -22,10 +24,13 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: netcost-agent [--config FILE]
+       netcost-agent cleanup [--config FILE] [--stay]
 
 Counts every pod's network bytes in the kernel and serves them as Prometheus metrics.
   --config FILE   configuration (default: $NETCOST_CONFIG, else /etc/netcost/config.yaml)
   --version       print the version
+  cleanup         detach the programs and remove every pin and the checkpoint (uninstall);
+                  --stay then waits for SIGTERM (for a DaemonSet that cleans every node)
 Logging: RUST_LOG (default: info).";
 
 /// cgroup ids of pods that are gone stay resolvable this long, so late drains still attribute.
@@ -39,6 +44,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let mut args = std::env::args().skip(1);
+    let mut cleanup = false;
+    let mut stay = false;
     let mut config_path = std::env::var_os("NETCOST_CONFIG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/etc/netcost/config.yaml"));
@@ -51,6 +58,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "cleanup" => cleanup = true,
+            "--stay" => stay = true,
             "--version" => {
                 println!("netcost-agent {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
@@ -64,6 +73,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if cleanup {
+        return run_cleanup(&config_path, stay);
+    }
+    if stay {
+        eprintln!("netcost-agent: --stay goes with cleanup\n{USAGE}");
+        return ExitCode::from(2);
     }
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -131,41 +147,108 @@ async fn run(config: Config) -> anyhow::Result<()> {
         nat_gateway: config.egress.nat_gateway.clone(),
         gateway_endpoints: config.egress.gateway_endpoints.clone(),
     };
-    let (kernel, maps, translated) =
-        kernel::load_and_attach(&cgroup_root, config.flow_entries, config.overflow_entries)
-            .map_err(|e| {
-                // Name the capability that is missing, if one is: the kernel only says EPERM.
-                let missing = agent::privileges::missing_capabilities();
-                let err = anyhow::Error::new(e).context(format!(
-                    "attaching to cgroup v2 root {}",
-                    cgroup_root.display()
-                ));
-                if missing.is_empty() {
-                    err
-                } else {
-                    err.context(format!(
-                        "missing capability {}",
-                        missing
-                            .iter()
-                            .map(|(cap, why)| format!("{cap} ({why})"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                }
-            })?;
+    let state = &config.state;
+    let pin_root = if state.pin && agent::bpf_sys::on_bpffs(&state.pin_dir) {
+        Some(state.pin_dir.clone())
+    } else {
+        if state.pin {
+            tracing::error!(pin_dir = %state.pin_dir.display(), "state.pin_dir is not on a BPF file system: maps and links are not pinned, so a restart loses what the kernel counted since the last drain. Mount bpffs (mount -t bpf bpf /sys/fs/bpf, or mount it into the pod) or set state.pin: false");
+        }
+        None
+    };
+    let pins = pin_root.as_deref().map(kernel::versioned_pin_dir);
+    // Pins of another layout (an upgrade across ABI versions): their programs count into maps
+    // this agent cannot read. They are removed once our programs are attached.
+    let other_layouts = pin_root
+        .as_deref()
+        .map(other_layout_dirs)
+        .unwrap_or_default();
+    let loaded = kernel::load(&kernel::LoadOptions {
+        flow_entries: config.flow_entries,
+        overflow_entries: config.overflow_entries,
+        pins: pins.as_deref(),
+    })
+    .map_err(|e| name_missing_capability(e, "loading the eBPF programs"))?;
+    let kernel::Loaded {
+        mut kernel,
+        maps,
+        translated,
+        origin,
+        maps_id,
+    } = loaded;
+
+    // Which totals to go on from: the checkpoint, if it belongs to these maps (or the maps are
+    // new, so there is nothing in them it could disagree with).
+    let store = match std::fs::create_dir_all(&state.dir) {
+        Ok(()) => Some(CheckpointStore::in_dir(&state.dir)),
+        Err(e) => {
+            tracing::error!(dir = %state.dir.display(), error = %e, "state.dir is not writable: the totals are not checkpointed, so they start from zero at every restart");
+            None
+        }
+    };
+    let checkpoint = match store.as_ref().map(CheckpointStore::load).transpose() {
+        Ok(c) => c.flatten(),
+        Err(e) => {
+            tracing::error!(error = %e, "ignoring the checkpoint: the totals start from zero");
+            None
+        }
+    };
+    let identity = MapsIdentity::current(maps_id);
+    let incompatible = match (&origin, other_layouts.first()) {
+        (MapsOrigin::Replaced(reason), _) => Some(reason.clone()),
+        (_, Some(dir)) => Some(format!("pins of another layout in {}", dir.display())),
+        _ => checkpoint
+            .as_ref()
+            .filter(|c| c.abi != agent_common::ABI_VERSION)
+            .map(|c| format!("the checkpoint is of kernel ABI {}", c.abi)),
+    };
+    let (restore, drain_state, totals) = match (&incompatible, &origin, checkpoint) {
+        (Some(reason), _, _) => {
+            tracing::warn!(%reason, "incompatible layout: starting fresh, the totals start from zero (a counter reset Prometheus sees)");
+            (None, None, "reset")
+        }
+        (None, MapsOrigin::Adopted, Some(cp)) if cp.maps.as_ref() == Some(&identity) => {
+            let drain_state = Pipeline::<kernel::KernelMaps>::drain_state_of(&cp, &identity);
+            (Some(cp), drain_state, "restored")
+        }
+        (None, MapsOrigin::Adopted, _) => {
+            tracing::warn!(
+                "pinned maps adopted without their checkpoint: the totals start from zero"
+            );
+            (None, None, "reset")
+        }
+        (None, _, Some(cp)) => (Some(cp), None, "restored"),
+        (None, _, None) => (None, None, "new"),
+    };
+    let (drainer, resumed) =
+        Drainer::resume(maps, drain_state).context("reading the kernel's buffers")?;
     tracing::info!(
-        cgroup_root = %cgroup_root.display(),
-        programs = kernel.attached,
-        "counting every socket's packets"
+        maps = ?origin,
+        totals,
+        ?resumed,
+        pinned = pins.is_some(),
+        checkpoint = ?store.as_ref().map(|s| s.path.display().to_string()),
+        "state"
     );
 
     let mut registry = Registry::default();
     let mut metrics = Metrics::new(&mut registry);
     metrics.internet_route = router.internet_route(config.topology.own());
-    metrics.programs_attached.set(kernel.attached as i64);
+    metrics
+        .start_info
+        .get_or_create(&StartLabels {
+            maps: match origin {
+                MapsOrigin::Created => "created",
+                MapsOrigin::Adopted => "adopted",
+                MapsOrigin::Replaced(_) => "replaced",
+            },
+            totals,
+            pins: if pins.is_some() { "pinned" } else { "unpinned" },
+        })
+        .set(1);
     for (map, capacity) in [
-        ("flows", maps.flow_capacity),
-        ("overflow", maps.overflow_capacity),
+        ("flows", drainer.buffers().flow_capacity),
+        ("overflow", drainer.buffers().overflow_capacity),
     ] {
         metrics
             .map_capacity
@@ -198,19 +281,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         kube_health,
     ));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let bound = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(address = %bound, "serving metrics on http://{bound}/metrics");
-    tokio::spawn(server::serve(listener, registry.clone(), health.clone()));
-
-    // The drain runs on its own thread: its syscalls block, and a slow drain must not delay scrapes.
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let interval = config.drain_interval;
-    let resolver = CgroupResolver::new(cgroup_root, CGROUP_RETENTION);
+    let resolver = CgroupResolver::new(cgroup_root.clone(), CGROUP_RETENTION);
     let mut pipeline = Pipeline::new(
-        Drainer::new(maps, 0),
+        drainer,
         resolver,
         config.topology.clone(),
         fallback_place,
@@ -225,8 +298,52 @@ async fn run(config: Config) -> anyhow::Result<()> {
             price_table,
             price_tier: config.prices.internet_tier,
             price_overrides: config.prices.overrides.clone(),
+            checkpoint: store.map(|s| (s, identity)),
         },
     );
+    // Before anything is served: no scrape ever sees the totals start again.
+    if let Some(cp) = &restore {
+        pipeline.restore(cp, std::time::Instant::now());
+        tracing::info!(
+            series = cp.traffic.len(),
+            saved_unix_seconds = cp.saved_unix_seconds,
+            "totals restored from the checkpoint"
+        );
+    }
+
+    // Attach last: the TRANSLATED trie is filled from conntrack by now, so our programs count
+    // Service connections right from their first packet.
+    let attached = kernel.attach(&cgroup_root).map_err(|e| {
+        name_missing_capability(
+            e,
+            &format!("attaching to cgroup v2 root {}", cgroup_root.display()),
+        )
+    })?;
+    metrics.programs_attached.set(kernel.attached as i64);
+    tracing::info!(
+        cgroup_root = %cgroup_root.display(),
+        programs = ?attached,
+        "counting every socket's packets"
+    );
+    for dir in &other_layouts {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "removed the pins of another layout"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the pins of another layout")
+            }
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(address = %bound, "serving metrics on http://{bound}/metrics");
+    tokio::spawn(server::serve(listener, registry.clone(), health.clone()));
+
+    // The drain runs on its own thread: its syscalls block, and a slow drain must not delay scrapes.
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let interval = config.drain_interval;
     let drain_health = health.clone();
     let drain_thread = std::thread::Builder::new()
         .name("drain".into())
@@ -257,13 +374,114 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("starting the drain thread")?;
 
     shutdown_signal().await;
-    tracing::info!("stopping: final drain, then detaching");
+    tracing::info!("stopping: final drain and checkpoint");
     let _ = stop_tx.send(());
     let _ = tokio::task::spawn_blocking(move || drain_thread.join()).await;
     let attached = kernel.attached;
+    match &kernel.pins {
+        Some(dir) => {
+            tracing::info!(programs = attached, pins = %dir.display(), "the programs stay attached and go on counting for the next agent (`netcost-agent cleanup` detaches them)")
+        }
+        None => tracing::info!(programs = attached, "detached every program"),
+    }
     drop(kernel);
-    tracing::info!(programs = attached, "detached every program");
     Ok(())
+}
+
+/// Wraps a load or attach error, naming the capability that is missing if one is: the kernel
+/// only says EPERM.
+fn name_missing_capability(e: kernel::KernelError, what: &str) -> anyhow::Error {
+    let missing = agent::privileges::missing_capabilities();
+    let err = anyhow::Error::new(e).context(what.to_owned());
+    if missing.is_empty() {
+        return err;
+    }
+    err.context(format!(
+        "missing capability {}",
+        missing
+            .iter()
+            .map(|(cap, why)| format!("{cap} ({why})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// `<pin_dir>/v<N>` directories of other ABI versions.
+fn other_layout_dirs(pin_root: &std::path::Path) -> Vec<PathBuf> {
+    let ours = kernel::versioned_pin_dir(pin_root);
+    let Ok(entries) = std::fs::read_dir(pin_root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p != &ours
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('v') && n[1..].parse::<u32>().is_ok())
+        })
+        .collect()
+}
+
+/// `netcost-agent cleanup`: what uninstalling needs on each node.
+fn run_cleanup(config_path: &std::path::Path, stay: bool) -> ExitCode {
+    // A missing config file is fine here (the defaults say where the state is); a bad one is not.
+    let state = if config_path.exists() {
+        match Config::load(config_path) {
+            Ok(c) => c.state,
+            Err(e) => {
+                eprintln!("netcost-agent cleanup: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        agent::config::StateConfig::default()
+    };
+    let mut ok = true;
+    match kernel::cleanup(&state.pin_dir) {
+        Ok(done) => {
+            for line in &done {
+                println!("{line}");
+            }
+            if done.is_empty() {
+                println!(
+                    "no pins under {} and no netcost program attached",
+                    state.pin_dir.display()
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("netcost-agent cleanup: {e}");
+            ok = false;
+        }
+    }
+    let store = CheckpointStore::in_dir(&state.dir);
+    match store.remove() {
+        Ok(true) => println!("removed {}", store.path.display()),
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!(
+                "netcost-agent cleanup: removing {}: {e}",
+                store.path.display()
+            );
+            ok = false;
+        }
+    }
+    if stay {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(shutdown_signal()),
+            Err(e) => eprintln!("netcost-agent cleanup: {e}"),
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// How long bytes to a Service address wait for conntrack to name their connection.

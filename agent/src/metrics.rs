@@ -28,7 +28,10 @@ impl EncodeLabelValue for TrafficClass {
     }
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     Egress,
     Ingress,
@@ -60,7 +63,10 @@ impl EncodeLabelValue for Direction {
 }
 
 /// Who the bytes belong to: a pod, the node itself, or an identity we could not resolve.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Owner {
     Pod,
     Node,
@@ -79,7 +85,18 @@ impl EncodeLabelValue for Owner {
 
 /// Who a pod is, as its series say it: fixed for the pod's life (namespace, name and UID are
 /// immutable; the workload is resolved once, before the first series is created).
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    Hash,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct PodLabels {
     pub namespace: String,
     pub pod: String,
@@ -99,7 +116,9 @@ impl PodLabels {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TrafficLabels {
     pub owner: Owner,
     /// Empty unless `owner="pod"`.
@@ -218,6 +237,20 @@ pub struct Metrics {
     pub unpriced_bytes: Counter,
     pub price: Family<PriceLabels, DollarGauge>,
     pub kubecost: KubecostMetrics,
+    pub checkpoint_errors: Counter,
+    pub checkpoint_size: Gauge,
+    pub start_info: Family<StartLabels, Gauge>,
+}
+
+/// How this agent started: whether it took over the kernel's maps and its predecessor's totals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabels {
+    /// `created`, `adopted` (pinned by an earlier agent) or `replaced` (incompatible layout).
+    pub maps: &'static str,
+    /// `restored` (the checkpoint's totals go on) or `reset` (they start from zero).
+    pub totals: &'static str,
+    /// `pinned`, or `unpinned` (a restart loses what was counted since the last drain).
+    pub pins: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -388,6 +421,9 @@ impl Metrics {
             unpriced_bytes: Counter::default(),
             price: Family::default(),
             kubecost: KubecostMetrics::default(),
+            checkpoint_errors: Counter::default(),
+            checkpoint_size: Gauge::default(),
+            start_info: Family::default(),
         };
         m.kubecost.register(registry);
         let r = registry.sub_registry_with_prefix("netcost");
@@ -562,6 +598,22 @@ impl Metrics {
             Unit::Bytes,
             m.kubecost.unmapped_bytes.clone(),
         );
+        r.register(
+            "checkpoint_errors",
+            "Checkpoints of the totals that could not be written (a restart then goes on from an older one)",
+            m.checkpoint_errors.clone(),
+        );
+        r.register_with_unit(
+            "checkpoint_size",
+            "Size of the last checkpoint of the totals",
+            Unit::Bytes,
+            m.checkpoint_size.clone(),
+        );
+        r.register(
+            "start_info",
+            "How the agent started: maps created, adopted or replaced; totals restored or reset; pinned or not (value is always 1)",
+            m.start_info.clone(),
+        );
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
@@ -625,7 +677,7 @@ impl Metrics {
     }
 }
 
-fn pod_label_sets(
+pub fn pod_label_sets(
     pod: &PodLabels,
     internet_route: Route,
 ) -> impl Iterator<Item = TrafficLabels> + '_ {

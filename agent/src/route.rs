@@ -12,7 +12,20 @@ use crate::{
 };
 
 /// How bytes leave the VPC.
-#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    Hash,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Route {
     /// Within the VPC, or straight out through an internet gateway.
     #[default]
@@ -24,7 +37,18 @@ pub enum Route {
 }
 
 /// Where bytes went, fully.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    Hash,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Destination {
     pub class: TrafficClass,
     /// Cloud-service tag (`aws-s3`), when the address is in a service range.

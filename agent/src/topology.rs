@@ -7,7 +7,20 @@
 use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr};
 
 /// The traffic classes netcost reports, in the order AWS prices them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum TrafficClass {
     /// Same availability zone, or never leaving the node (loopback, link-local): free.
     SameZone,

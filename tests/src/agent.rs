@@ -18,6 +18,68 @@ pub struct Agent {
     pub port: u16,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// The agent's own pins and checkpoint, when the test did not give a `state:` section.
+    /// Declared after `proc`: the agent is killed before its state is unmounted.
+    _state: Option<AgentState>,
+}
+
+/// Where an agent under test keeps its state: a private bpffs instance for its pins and a tmpfs
+/// for its checkpoint, both mounted under a temporary directory and unmounted on drop. Unmounting
+/// the bpffs drops every pin in it, so no program of a test outlives it, even after a failure.
+/// Both are mounts of their own, so they stay writable when a test makes `/` read-only.
+pub struct AgentState {
+    pub root: PathBuf,
+    pub bpffs: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl AgentState {
+    pub fn new(name: &str) -> Result<AgentState> {
+        let root = std::env::temp_dir().join(format!("nct-state-{name}-{}", std::process::id()));
+        let _ = Command::new("umount").arg(root.join("bpf")).output();
+        let _ = Command::new("umount").arg(root.join("lib")).output();
+        let _ = std::fs::remove_dir_all(&root);
+        let state = AgentState {
+            bpffs: root.join("bpf"),
+            dir: root.join("lib"),
+            root,
+        };
+        std::fs::create_dir_all(&state.bpffs)?;
+        std::fs::create_dir_all(&state.dir)?;
+        crate::run(&["mount", "-t", "bpf", "bpf", &state.bpffs.to_string_lossy()])?;
+        crate::run(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64m",
+            "nct-state",
+            &state.dir.to_string_lossy(),
+        ])?;
+        Ok(state)
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("netcost")
+    }
+
+    /// The config section that points an agent here.
+    pub fn yaml(&self) -> String {
+        format!(
+            "state:\n  pin_dir: \"{}\"\n  dir: \"{}\"\n",
+            self.pin_dir().display(),
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for AgentState {
+    fn drop(&mut self) {
+        for m in [&self.bpffs, &self.dir] {
+            let _ = Command::new("umount").arg(m).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
 }
 
 /// The agent binary: `NETCOST_AGENT_BIN` (set by `cargo xtask test`), else the release build.
@@ -85,9 +147,15 @@ impl Agent {
         let dir = std::env::temp_dir();
         let config_path = dir.join(format!("nct-{name}.yaml"));
         let log_path = dir.join(format!("nct-{name}.log"));
+        let state = if config.lines().any(|l| l.starts_with("state:")) {
+            None
+        } else {
+            Some(AgentState::new(name)?)
+        };
+        let state_yaml = state.as_ref().map(AgentState::yaml).unwrap_or_default();
         std::fs::write(
             &config_path,
-            format!("listen: \"127.0.0.1:{port}\"\n{config}"),
+            format!("listen: \"127.0.0.1:{port}\"\n{config}{state_yaml}"),
         )?;
         let log = std::fs::File::create(&log_path)?;
         let bin = agent_bin()?;
@@ -116,6 +184,7 @@ impl Agent {
             port,
             config_path,
             log_path,
+            _state: state,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -205,6 +274,14 @@ impl Agent {
             last = now;
         }
         bail!("pod counters still moving after 20 tries")
+    }
+
+    /// Kills the agent with SIGKILL (no final drain, no checkpoint) and waits for it to be gone.
+    pub fn kill(mut self) -> Result<()> {
+        let child = self.proc.child();
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     /// Stops the agent with SIGTERM and waits for it.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use netcost_tests::{
-    agent::{agent_bin, Agent, Samples},
+    agent::{agent_bin, Agent, AgentState, Samples},
     serial,
     simnode::{Offloads, SimNode, DIRECTIONS, TOPOLOGY_YAML},
     truth::{compare_with_meters, run_plan, PLAN, TOLERANCE},
@@ -107,15 +107,22 @@ fn a_full_flow_map_spills_to_overflow_without_losing_bytes() -> Result<()> {
     Ok(())
 }
 
-/// Both programs are attached at the cgroup v2 root while the agent runs, and gone after SIGTERM.
+/// Both programs are attached at the cgroup v2 root while the agent runs. Unpinned
+/// (`state.pin: false`) they are gone after SIGTERM; pinned, see the restart tests.
 #[test]
-fn programs_are_attached_at_the_root_and_detached_on_stop() -> Result<()> {
+fn programs_are_attached_at_the_root_and_unpinned_detached_on_stop() -> Result<()> {
     let _serial = serial();
     let root = netcost_tests::cgroup2_root()?;
     let root = root.to_string_lossy().into_owned();
     let attached =
         || -> Result<String> { netcost_tests::run(&["bpftool", "cgroup", "show", &root]) };
-    let agent = Agent::start("attach", &config(""))?;
+    let state = AgentState::new("attach")?;
+    let unpinned = format!(
+        "{}state:\n  pin: false\n  dir: \"{}\"\n",
+        config(""),
+        state.dir.display()
+    );
+    let agent = Agent::start("attach", &unpinned)?;
     let during = attached()?;
     let samples = agent.metrics()?;
     ensure!(

@@ -1,13 +1,14 @@
 //! Root test: the agent runs with exactly the DaemonSet's capabilities (CAP_BPF, CAP_PERFMON,
 //! CAP_NET_ADMIN; every other one dropped from the effective, permitted, inheritable, ambient and
 //! bounding sets) on a read-only root filesystem, and loads, attaches, counts and serves; without
-//! any one of the three it exits with an error that names the missing capability.
+//! any one of the three it exits with an error that names the missing capability. Its pins and
+//! checkpoint are mounts of their own (bpffs, tmpfs), as the DaemonSet's hostPath volumes are.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use netcost_tests::{
-    agent::{agent_bin, Agent},
+    agent::{agent_bin, Agent, AgentState},
     serial,
     simnode::{Family, Offloads, SimNode, TOPOLOGY_YAML},
 };
@@ -84,6 +85,21 @@ fn runs_with_exactly_its_three_capabilities_on_a_read_only_root() -> Result<()> 
         samples.value("netcost_programs_attached", &[]) == Some(2.0),
         "programs not attached"
     );
+    // And it pins its maps and links and writes its checkpoint with no more than that: restarts
+    // lose nothing under the DaemonSet's privileges too.
+    ensure!(
+        samples.value("netcost_start_info", &[("pins", "pinned")]) == Some(1.0),
+        "not pinned with three capabilities: {}",
+        agent.log()
+    );
+    let checkpoint = samples
+        .value("netcost_checkpoint_size_bytes", &[])
+        .unwrap_or(0.0);
+    ensure!(
+        checkpoint > 0.0 && samples.value("netcost_checkpoint_errors_total", &[]) == Some(0.0),
+        "no checkpoint written with three capabilities: {}",
+        agent.log()
+    );
     agent.stop()?;
     Ok(())
 }
@@ -93,9 +109,12 @@ fn without_any_one_capability_it_names_the_missing_one() -> Result<()> {
     let _serial = serial();
     let dir = std::env::temp_dir();
     let config_path = dir.join("nct-missing-cap.yaml");
+    // Its own bpffs and state directory: a run that gets as far as pinning leaves nothing on
+    // the machine.
+    let state = AgentState::new("missing-cap")?;
     std::fs::write(
         &config_path,
-        format!("listen: \"127.0.0.1:0\"\n{}", config()),
+        format!("listen: \"127.0.0.1:0\"\n{}{}", config(), state.yaml()),
     )?;
     for missing in CAPS {
         let caps: Vec<&str> = CAPS.iter().copied().filter(|c| *c != missing).collect();

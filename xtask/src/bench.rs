@@ -135,9 +135,14 @@ impl Agent {
             .local_addr()?
             .port();
         let config = std::env::temp_dir().join("nct-bench.yaml");
+        // Nothing pinned (pins only matter across restarts, not per packet); the checkpoint is
+        // written at every drain as in production, into a directory of the bench's own.
+        let state = std::env::temp_dir().join("nct-bench-state");
+        // Each bench run starts from zero, not from the last run's checkpoint.
+        let _ = std::fs::remove_dir_all(&state);
         std::fs::write(
             &config,
-            format!("listen: \"127.0.0.1:{port}\"\ndrain_interval_seconds: 1\ntopology:\n  region: bench\n  zone: bench-a\n"),
+            format!("listen: \"127.0.0.1:{port}\"\ndrain_interval_seconds: 1\ntopology:\n  region: bench\n  zone: bench-a\nstate:\n  pin: false\n  dir: \"{}\"\n", state.display()),
         )?;
         let child = Command::new(bin)
             .arg("--config")

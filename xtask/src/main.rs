@@ -289,19 +289,34 @@ fn run(args: &[String]) -> Result<()> {
     let tools = ensure_tools()?;
     let agent = build_agent(&tools)?;
     let config = workspace_root().join("deploy/config/local.yaml");
+    ensure_bpffs()?;
     let mut cmd = Command::new(&agent);
     cmd.arg("--config").arg(&config).args(args);
     if env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
     eprintln!(
-        "xtask: starting {} with {}\nxtask: metrics at http://127.0.0.1:3001/metrics (Ctrl-C stops the agent and detaches its programs)",
+        "xtask: starting {} with {}\nxtask: metrics at http://127.0.0.1:3001/metrics\nxtask: Ctrl-C stops the agent; its programs stay attached (pinned under /sys/fs/bpf/netcost) and the next run goes on with the same totals. `cargo xtask run cleanup` detaches them and removes the pins and the checkpoint.",
         agent.display(),
         config.display()
     );
     // Replace this process: Ctrl-C then reaches the agent alone and it shuts down cleanly.
     use std::os::unix::process::CommandExt as _;
     Err(cmd.exec()).with_context(|| format!("starting {}", agent.display()))
+}
+
+/// A node has bpffs mounted at /sys/fs/bpf (systemd does it); mount it when this machine does
+/// not, so the agent can pin its maps and links there as it does on a node.
+fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    step("mounting bpffs at /sys/fs/bpf (not mounted on this machine)");
+    status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
 fn test(args: &[String]) -> Result<()> {

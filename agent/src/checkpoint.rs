@@ -1,0 +1,294 @@
+//! Persist: the agent's totals, written at every drain before the drained entries are deleted
+//! from the kernel, so that a restarted agent goes on from exactly where the last one stopped
+//! (see `drain` for how the two are kept in step).
+//!
+//! One JSON file, replaced atomically (written beside, then renamed): a crash leaves either the
+//! old checkpoint or the new one, never half of one. It is not fsynced: it only has to survive
+//! the process, and a machine crash takes the pinned maps with it anyway.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    identity::Identity,
+    metrics::{Direction, TrafficLabels},
+};
+
+/// Bump when the file's meaning changes; other formats are not read.
+pub const FORMAT: u32 = 1;
+pub const FILE_NAME: &str = "checkpoint.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("reading checkpoint {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("writing checkpoint {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Which kernel maps a checkpoint's drain state refers to: this boot's, this map instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapsIdentity {
+    pub boot_id: String,
+    /// Kernel id of the pinned `CONTROL` map (unique within a boot).
+    pub maps_id: u32,
+}
+
+impl MapsIdentity {
+    pub fn current(maps_id: u32) -> MapsIdentity {
+        MapsIdentity {
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            maps_id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format: u32,
+    pub abi: u32,
+    pub maps: Option<MapsIdentity>,
+    /// The last drained epoch whose bytes are in these totals, and `LOST` as of then.
+    pub drained_epoch: Option<u32>,
+    pub lost_seen: [[u64; 2]; 2],
+    pub saved_unix_seconds: u64,
+    pub traffic: Vec<TrafficTotal>,
+    pub kubecost: Vec<KubecostTotal>,
+    pub counters: Counters,
+    pub held: Vec<HeldBytes>,
+    pub pending_nat: Vec<PendingConnection>,
+}
+
+/// One series of `netcost_network_*` and `netcost_network_cost_dollars_total`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrafficTotal {
+    pub labels: TrafficLabels,
+    pub bytes: u64,
+    pub packets: u64,
+    pub dollars: f64,
+}
+
+/// One series of Kubecost's byte counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KubecostTotal {
+    pub direction: Direction,
+    pub pod_name: String,
+    pub namespace: String,
+    pub internet: bool,
+    pub same_region: bool,
+    pub same_zone: bool,
+    pub service: String,
+    pub nat_gateway: bool,
+    pub bytes: u64,
+}
+
+/// Counters without a pod: by direction where they have one (egress, ingress).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub overflow_bytes: [u64; 2],
+    pub lost_bytes: [u64; 2],
+    pub lost_packets: [u64; 2],
+    pub hold_expired_bytes: u64,
+    pub nat_resolved_bytes: u64,
+    pub nat_unresolved_bytes: u64,
+    pub unpriced_bytes: u64,
+    pub kubecost_unmapped_bytes: u64,
+}
+
+/// Bytes drained but not attributed yet (their pod or the topology was not known).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldBytes {
+    pub identity: Identity,
+    pub remote: Option<IpAddr>,
+    pub outbound: bool,
+    pub direction: Direction,
+    pub bytes: u64,
+    pub packets: u64,
+    pub age_seconds: f64,
+}
+
+/// Bytes of a Service connection waiting for conntrack to name its real remote end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingConnection {
+    pub cgroup_id: u64,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    /// Network byte order, as the kernel stored them.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub protocol: u8,
+    pub direction: Direction,
+    pub bytes: u64,
+    pub packets: u64,
+    pub age_seconds: f64,
+}
+
+/// The checkpoint file in the state directory.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    pub path: PathBuf,
+}
+
+impl CheckpointStore {
+    pub fn in_dir(dir: &Path) -> CheckpointStore {
+        CheckpointStore {
+            path: dir.join(FILE_NAME),
+        }
+    }
+
+    /// The checkpoint, if there is one. A file of another format is an error that names it.
+    pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(CheckpointError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let invalid = |message: String| CheckpointError::Invalid {
+            path: self.path.clone(),
+            message,
+        };
+        let checkpoint: Checkpoint =
+            serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if checkpoint.format != FORMAT {
+            return Err(invalid(format!(
+                "format {} (this agent reads format {FORMAT})",
+                checkpoint.format
+            )));
+        }
+        Ok(Some(checkpoint))
+    }
+
+    /// Replaces the checkpoint atomically; returns its size in bytes.
+    pub fn save(&self, checkpoint: &Checkpoint) -> Result<usize, CheckpointError> {
+        let write = |source| CheckpointError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let text = serde_json::to_vec(checkpoint).map_err(|e| write(std::io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, &text).map_err(write)?;
+        std::fs::rename(&tmp, &self.path).map_err(write)?;
+        Ok(text.len())
+    }
+
+    pub fn remove(&self) -> std::io::Result<bool> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        metrics::{Owner, PodLabels},
+        route::{Destination, Route},
+        topology::TrafficClass,
+    };
+
+    fn sample() -> Checkpoint {
+        let pod = PodLabels {
+            namespace: "shop".into(),
+            pod: "cart-7d9f".into(),
+            pod_uid: "0b8e-uid".into(),
+            workload_kind: "Deployment".into(),
+            workload: "cart".into(),
+        };
+        Checkpoint {
+            format: FORMAT,
+            abi: agent_common::ABI_VERSION,
+            maps: Some(MapsIdentity {
+                boot_id: "b00t".into(),
+                maps_id: 42,
+            }),
+            drained_epoch: Some(u32::MAX),
+            lost_seen: [[1, 2], [3, 4]],
+            saved_unix_seconds: 1_700_000_000,
+            traffic: vec![TrafficTotal {
+                labels: TrafficLabels {
+                    owner: Owner::Pod,
+                    pod,
+                    destination: Destination {
+                        class: TrafficClass::SameRegion,
+                        service: Some("aws-s3".into()),
+                        route: Route::NatGateway { cross_zone: true },
+                    },
+                    direction: Direction::Egress,
+                },
+                bytes: u64::MAX - 1,
+                packets: 3,
+                // Dollars must come back bit for bit.
+                dollars: 0.1 + 0.2,
+            }],
+            kubecost: vec![],
+            counters: Counters {
+                unpriced_bytes: 9,
+                ..Counters::default()
+            },
+            held: vec![HeldBytes {
+                identity: Identity::Pod {
+                    uid: "u".into(),
+                    container: None,
+                },
+                remote: Some("2001:db8::1".parse().unwrap()),
+                outbound: false,
+                direction: Direction::Ingress,
+                bytes: 5,
+                packets: 1,
+                age_seconds: 1.5,
+            }],
+            pending_nat: vec![],
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_exactly() {
+        let dir = std::env::temp_dir().join(format!("netcost-cp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = CheckpointStore::in_dir(&dir);
+        assert_eq!(store.load().unwrap(), None);
+        let cp = sample();
+        store.save(&cp).unwrap();
+        assert_eq!(store.load().unwrap(), Some(cp));
+        assert!(store.remove().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_checkpoint_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("netcost-cp-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = CheckpointStore::in_dir(&dir);
+        std::fs::write(&store.path, "{\"format\": 1, \"abi\": 3").unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("checkpoint.json") && e.contains("EOF"), "{e}");
+        let mut cp = sample();
+        cp.format = 99;
+        std::fs::write(&store.path, serde_json::to_string(&cp).unwrap()).unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("format 99"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! Root tests: restarts lose nothing. The agent is killed with SIGKILL while traffic flows; the
+//! kernel goes on counting into the pinned maps through the pinned links; the next agent adopts
+//! them and its checkpoint and goes on with the same totals, which must equal the wire meters.
+//! A layout the agent cannot adopt starts fresh, saying so; `cleanup` removes everything.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{ensure, Context, Result};
+use netcost_tests::{
+    agent::{agent_bin, Agent, AgentState, Samples},
+    serial,
+    simnode::{Family, Offloads, SimNode, TOPOLOGY_YAML},
+    truth::{compare_with_meters, run_plan, PLAN},
+};
+
+const DRAIN: Duration = Duration::from_millis(500);
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_nct-traffic");
+
+fn config(state: &AgentState, extra: &str) -> String {
+    format!(
+        "drain_interval_seconds: 0.5\nkubernetes: {{ enabled: false }}\n{extra}{TOPOLOGY_YAML}{}",
+        state.yaml()
+    )
+}
+
+fn start_info(samples: &Samples) -> Option<(String, String, String)> {
+    samples
+        .series
+        .get("netcost_start_info")?
+        .iter()
+        .find(|(_, v)| *v == 1.0)
+        .map(|(l, _)| (l["maps"].clone(), l["totals"].clone(), l["pins"].clone()))
+}
+
+fn bpftool_cgroup() -> Result<String> {
+    let root = netcost_tests::cgroup2_root()?;
+    netcost_tests::run(&["bpftool", "cgroup", "show", &root.to_string_lossy()])
+}
+
+#[test]
+fn a_sigkill_while_traffic_flows_loses_no_byte() -> Result<()> {
+    let _serial = serial();
+    let node = SimNode::build(TRAFFIC.as_ref(), Offloads::Default)?;
+    let state = AgentState::new("restart")?;
+    let config = config(&state, "");
+    let first = Agent::start("restart-1", &config)?;
+    ensure!(
+        start_info(&first.metrics()?) == Some(("created".into(), "new".into(), "pinned".into())),
+        "first start: {:?}",
+        start_info(&first.metrics()?)
+    );
+
+    // The shared plan, over and over, while the first agent is killed and the second starts.
+    let stop = AtomicBool::new(false);
+    let (rounds, second) = std::thread::scope(|s| -> Result<(u32, Agent)> {
+        let traffic = s.spawn(|| -> Result<u32> {
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                run_plan(&node, PLAN)?;
+                rounds += 1;
+            }
+            Ok(rounds)
+        });
+        let restart = || -> Result<Agent> {
+            std::thread::sleep(Duration::from_millis(1500));
+            // Mid-drain or between drains: wherever the kill lands, nothing may be lost.
+            first.kill()?;
+            eprintln!("restart: first agent killed with SIGKILL");
+            std::thread::sleep(Duration::from_millis(1500));
+            let second = Agent::start("restart-2", &config)?;
+            std::thread::sleep(Duration::from_millis(1500));
+            Ok(second)
+        };
+        let second = restart();
+        stop.store(true, Ordering::Relaxed);
+        let rounds = traffic.join().expect("traffic thread panicked")?;
+        Ok((rounds, second?))
+    })?;
+    let samples = second.settled_metrics(DRAIN)?;
+    let log = second.log();
+    ensure!(
+        start_info(&samples) == Some(("adopted".into(), "restored".into(), "pinned".into())),
+        "second start: {:?}\n{log}",
+        start_info(&samples)
+    );
+    ensure!(
+        log.contains("totals restored from the checkpoint"),
+        "no restore in the log:\n{log}"
+    );
+    let active = |pod: &str, class: &str| PLAN.iter().any(|t| t.0 == pod && t.1 == class);
+    let cmp = compare_with_meters(
+        &node,
+        &samples,
+        &|pod| vec![("pod_uid".into(), node.pod(pod).uid.clone())],
+        &active,
+    )?;
+    eprintln!(
+        "restart: {rounds} rounds of the plan; SIGKILL after 1.5 s, next agent 1.5 s later\n{}",
+        cmp.report.join("\n")
+    );
+    ensure!(cmp.failures.is_empty(), "{}", cmp.failures.join("\n"));
+    second.stop()?;
+    Ok(())
+}
+
+#[test]
+fn an_incompatible_layout_starts_fresh_and_says_so() -> Result<()> {
+    let _serial = serial();
+    let node = SimNode::build(TRAFFIC.as_ref(), Offloads::Default)?;
+    let state = AgentState::new("layout")?;
+    let uid = node.pod("pod1").uid.clone();
+    let key = [
+        ("pod_uid", uid.as_str()),
+        ("traffic_class", "internet"),
+        ("direction", "egress"),
+    ];
+    let truth = || -> Result<f64> {
+        Ok(node.pod("pod1").truth()?[&("internet".to_owned(), "egress".to_owned())] as f64)
+    };
+
+    let first = Agent::start("layout-1", &config(&state, ""))?;
+    node.transfer("pod1", "internet", Family::V4, &["send", "3000000"])?;
+    let before = first
+        .settled_metrics(DRAIN)?
+        .value("netcost_network_bytes_total", &key)
+        .context("no series")?;
+    ensure!(before == truth()?, "first agent {before} vs {}", truth()?);
+    first.stop()?;
+
+    // Another capacity is another layout: the pinned maps cannot be adopted.
+    let truth_at_restart = truth()?;
+    let second = Agent::start(
+        "layout-2",
+        &config(&state, "maps: { flow_entries: 1024 }\n"),
+    )?;
+    let log = second.log();
+    ensure!(
+        log.contains("incompatible layout") && log.contains("1024 entries"),
+        "no log line naming the incompatible layout:\n{log}"
+    );
+    let samples = second.metrics()?;
+    ensure!(
+        start_info(&samples) == Some(("replaced".into(), "reset".into(), "pinned".into())),
+        "{:?}",
+        start_info(&samples)
+    );
+    node.transfer("pod1", "internet", Family::V4, &["send", "1000000"])?;
+    let after = second
+        .settled_metrics(DRAIN)?
+        .value("netcost_network_bytes_total", &key)
+        .context("no series")?;
+    let new_bytes = truth()? - truth_at_restart;
+    eprintln!("layout: first agent {before} (truth {truth_at_restart}); after the reset {after}, new traffic {new_bytes}");
+    // A counter reset Prometheus sees: lower than before, and exactly what came since.
+    ensure!(after < before, "no reset: {after} ≥ {before}");
+    ensure!(
+        after == new_bytes,
+        "counted {after} since the reset, truth {new_bytes}"
+    );
+    second.stop()?;
+    Ok(())
+}
+
+/// Pinned (the default), both programs stay attached after the agent stops, until
+/// `netcost-agent cleanup`, which removes every pin and the checkpoint.
+#[test]
+fn cleanup_detaches_the_programs_and_removes_every_pin() -> Result<()> {
+    let _serial = serial();
+    let state = AgentState::new("cleanup")?;
+    let config = config(&state, "");
+    let agent = Agent::start("cleanup", &config)?;
+    let during = bpftool_cgroup()?;
+    let abi = agent.metrics()?.series["netcost_build_info"][0].0["abi_version"].clone();
+    agent.stop()?;
+    let after_stop = bpftool_cgroup()?;
+    let pins = state.pin_dir().join(format!("v{abi}"));
+    for f in ["links/netcost_egress", "maps/FLOWS_0", "maps/CONTROL"] {
+        ensure!(
+            pins.join(f).exists(),
+            "{f} not pinned in {}",
+            pins.display()
+        );
+    }
+    let checkpoint = state.dir.join("checkpoint.json");
+    ensure!(checkpoint.exists(), "no checkpoint written");
+
+    let config_path = std::env::temp_dir().join("nct-cleanup.yaml");
+    std::fs::write(&config_path, &config)?;
+    let out = std::process::Command::new(agent_bin()?)
+        .arg("cleanup")
+        .arg("--config")
+        .arg(&config_path)
+        .output()?;
+    let _ = std::fs::remove_file(&config_path);
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("cleanup said:\n{said}");
+    ensure!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after_cleanup = bpftool_cgroup()?;
+    for name in ["netcost_egress", "netcost_ingres"] {
+        // bpftool prints names truncated to 15 characters.
+        ensure!(during.contains(name), "{name} not attached: {during}");
+        ensure!(
+            after_stop.contains(name),
+            "{name} not attached after stop: {after_stop}"
+        );
+        ensure!(
+            !after_cleanup.contains(name),
+            "{name} still attached after cleanup: {after_cleanup}"
+        );
+    }
+    ensure!(!state.pin_dir().exists(), "pins left after cleanup");
+    ensure!(!checkpoint.exists(), "checkpoint left after cleanup");
+    Ok(())
+}
