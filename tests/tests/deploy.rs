@@ -193,7 +193,38 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
             .find(|d| d["kind"] == "ConfigMap")
             .and_then(|d| d["data"]["config.yaml"].as_str())
             .context("config.yaml in the ConfigMap")?;
-        agent::config::Config::parse(cm).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
+        let config = agent::config::Config::parse(cm).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
+        // Pins and checkpoint land on writable hostPath volumes (the root is read-only), so
+        // they outlive the pod: a restart or upgrade goes on with the same totals.
+        ensure!(config.state.pin, "{dir}: pinning off");
+        for (what, path, host) in [
+            ("state.pin_dir", &config.state.pin_dir, "/sys/fs/bpf"),
+            ("state.dir", &config.state.dir, "/var/lib/netcost"),
+        ] {
+            let mount = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| path.starts_with(&m.mount_path))
+                .max_by_key(|m| m.mount_path.len())
+                .with_context(|| format!("{dir}: no volume holds {what} {}", path.display()))?;
+            ensure!(
+                mount.read_only != Some(true),
+                "{dir}: {what} on a read-only mount"
+            );
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.host_path.as_ref())
+                .with_context(|| format!("{dir}: {what} is not on a hostPath volume"))?;
+            ensure!(
+                volume.path == host,
+                "{dir}: {what} on hostPath {}",
+                volume.path
+            );
+        }
         if dir.ends_with("kubecost") {
             let labels = pod_labels(&ds);
             ensure!(
@@ -213,6 +244,110 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The uninstall DaemonSet renders into valid objects, runs `cleanup` with no capability at all,
+/// and mounts the same host paths the agent pins and checkpoints in.
+#[test]
+fn the_cleanup_daemonset_needs_no_capability() -> Result<()> {
+    let dir = "deploy/cleanup";
+    let docs = render(dir)?;
+    check_types(dir, &docs)?;
+    let ds = daemonset(&docs)?;
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("pod spec")?;
+    let c = pod.containers.first().context("container")?;
+    ensure!(
+        c.args.as_deref() == Some(&["cleanup".to_owned(), "--stay".to_owned()][..]),
+        "args {:?}",
+        c.args
+    );
+    let sc = c.security_context.as_ref().context("securityContext")?;
+    let caps = sc.capabilities.as_ref().context("capabilities")?;
+    ensure!(caps.add.is_none(), "capabilities added: {:?}", caps.add);
+    ensure!(sc.read_only_root_filesystem == Some(true), "read-only root");
+    let defaults = agent::config::StateConfig::default();
+    let hosts: Vec<String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.host_path.as_ref().map(|h| h.path.clone()))
+        .collect();
+    for path in [&defaults.pin_dir, &defaults.dir] {
+        ensure!(
+            hosts.iter().any(|h| path.starts_with(h)),
+            "{} is on no hostPath volume: {hosts:?}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// No container engine runs here, so the image is not built. What can be proven is: the
+/// Containerfile is multi-stage with a distroless (shell-less) final stage that holds the agent
+/// alone, runs it as uid 0 in exec form with the DaemonSet's arguments, and the binary it copies
+/// (the one every root test runs) needs no library beyond what that base image has.
+#[test]
+fn the_containerfile_ships_the_tested_binary_on_a_shell_less_base() -> Result<()> {
+    let text = std::fs::read_to_string(root().join("deploy/Containerfile"))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    ensure!(
+        froms.len() == 2,
+        "want a build stage and a final stage: {froms:?}"
+    );
+    ensure!(
+        froms[1].contains("gcr.io/distroless/cc-debian12"),
+        "final stage {}",
+        froms[1]
+    );
+    let final_stage = &lines[lines.iter().position(|l| l == froms[1]).unwrap_or(0)..];
+    ensure!(
+        final_stage
+            .iter()
+            .filter(|l| l.starts_with("COPY") || l.starts_with("ADD") || l.starts_with("RUN"))
+            .copied()
+            .eq(["COPY --from=build /netcost-agent /netcost-agent"]),
+        "the final stage must add the agent and nothing else: {final_stage:?}"
+    );
+    ensure!(final_stage.contains(&"USER 0:0"), "USER");
+    ensure!(
+        final_stage.contains(&"ENTRYPOINT [\"/netcost-agent\"]"),
+        "exec-form ENTRYPOINT"
+    );
+    // The binary links only what distroless/cc-debian12 provides (glibc 2.36, libgcc).
+    let bin = netcost_tests::agent::agent_bin()?;
+    let ldd = netcost_tests::run(&["ldd", &bin.to_string_lossy()])?;
+    let allowed = [
+        "linux-vdso.so.1",
+        "libc.so.6",
+        "libm.so.6",
+        "libgcc_s.so.1",
+        "ld-linux-x86-64.so.2",
+        "libdl.so.2",
+        "libpthread.so.0",
+        "librt.so.1",
+    ];
+    for lib in ldd.lines().filter_map(|l| l.split_whitespace().next()) {
+        let name = lib.rsplit('/').next().unwrap_or(lib);
+        ensure!(
+            allowed.contains(&name),
+            "the agent needs {name}, which the base image lacks:\n{ldd}"
+        );
+    }
+    let glibc = netcost_tests::run(&["ldd", "--version"])?;
+    ensure!(
+        glibc.lines().next().is_some_and(|l| l.ends_with(" 2.36")),
+        "built against another glibc than the base image's 2.36: {glibc}"
+    );
     Ok(())
 }
 
