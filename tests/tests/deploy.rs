@@ -247,6 +247,33 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
     Ok(())
 }
 
+/// The dashboard renders into a ConfigMap Grafana's sidecar loads, holding valid JSON (its
+/// queries are run against a real Prometheus in tests/tests/opencost.rs).
+#[test]
+fn the_dashboard_renders_as_a_grafana_configmap() -> Result<()> {
+    let dir = "deploy/grafana";
+    let docs = render(dir)?;
+    check_types(dir, &docs)?;
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .context("ConfigMap")?;
+    ensure!(
+        cm["metadata"]["labels"]["grafana_dashboard"] == "1",
+        "sidecar label"
+    );
+    let json: Value = serde_json::from_str(
+        cm["data"]["netcost.json"]
+            .as_str()
+            .context("netcost.json")?,
+    )?;
+    ensure!(
+        json["panels"].as_array().is_some_and(|p| p.len() >= 8),
+        "panels"
+    );
+    Ok(())
+}
+
 /// The uninstall DaemonSet renders into valid objects, runs `cleanup` with no capability at all,
 /// and mounts the same host paths the agent pins and checkpoints in.
 #[test]

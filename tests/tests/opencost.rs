@@ -319,6 +319,48 @@ fn opencost_queries_on_a_real_prometheus_give_the_measured_bytes_and_dollars() -
         }
     }
     eprintln!("{}", report.join("\n"));
+
+    // The Grafana dashboard: every panel's query, with Grafana's variables filled in as Grafana
+    // would (all namespaces; a rate window of a minute; the range since before the traffic),
+    // returns data from this Prometheus.
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/netcost.json"),
+    )?)?;
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            let filled = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", window)
+                .replace("$namespace", ".*");
+            ensure!(!filled.contains('$'), "unfilled variable in {expr}");
+            let result = prometheus.query(&filled, at)?;
+            queries += 1;
+            if result.is_empty() {
+                failures.push(format!(
+                    "dashboard panel {:?}: no data for {filled}",
+                    panel["title"]
+                ));
+            }
+        }
+    }
+    let variable = dashboard["templating"]["list"][1]["query"]["query"]
+        .as_str()
+        .context("namespace variable")?;
+    let series = variable
+        .strip_prefix("label_values(")
+        .and_then(|v| v.strip_suffix(", namespace)"))
+        .context("label_values(…, namespace)")?;
+    let (code, body) = prometheus.get(&format!(
+        "/api/v1/label/namespace/values?match[]={}",
+        urlencode(series)
+    ))?;
+    ensure!(
+        code == 200 && body.contains("\"shop\""),
+        "namespace variable: {code} {body}"
+    );
+    eprintln!("dashboard: {queries} panel queries, each returned data");
     let log = agent.stop()?;
     if !failures.is_empty() {
         bail!(
