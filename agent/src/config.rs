@@ -498,18 +498,24 @@ fn seconds(
     Ok(Duration::from_secs_f64(value))
 }
 
+/// A `true`/`false`/`auto` field: `None` means auto (also when absent).
+fn auto_bool(field: &str, value: Option<BoolOrText>) -> Result<Option<bool>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(BoolOrText::Bool(b)) => Ok(Some(b)),
+        Some(BoolOrText::Text(t)) if t == "auto" => Ok(None),
+        Some(BoolOrText::Text(other)) => Err(field_error(
+            field,
+            format!("{other:?} is not one of auto, true, false"),
+        )),
+    }
+}
+
 fn kubernetes(raw: RawKubernetes) -> Result<KubernetesConfig, ConfigError> {
-    let mode = match raw.enabled {
+    let mode = match auto_bool("kubernetes.enabled", raw.enabled)? {
         None => KubernetesMode::Auto,
-        Some(BoolOrText::Bool(true)) => KubernetesMode::On,
-        Some(BoolOrText::Bool(false)) => KubernetesMode::Off,
-        Some(BoolOrText::Text(t)) if t == "auto" => KubernetesMode::Auto,
-        Some(BoolOrText::Text(other)) => {
-            return Err(field_error(
-                "kubernetes.enabled",
-                format!("{other:?} is not one of auto, true, false"),
-            ))
-        }
+        Some(true) => KubernetesMode::On,
+        Some(false) => KubernetesMode::Off,
     };
     let api_server = match raw.api_server {
         Some(url) => {
@@ -565,17 +571,10 @@ fn imds(raw: RawImds) -> Result<ImdsConfig, ConfigError> {
 }
 
 fn nat(raw: RawNat) -> Result<NatConfig, ConfigError> {
-    let conntrack = match raw.conntrack {
+    let conntrack = match auto_bool("nat.conntrack", raw.conntrack)? {
         None => ConntrackMode::Auto,
-        Some(BoolOrText::Bool(true)) => ConntrackMode::On,
-        Some(BoolOrText::Bool(false)) => ConntrackMode::Off,
-        Some(BoolOrText::Text(t)) if t == "auto" => ConntrackMode::Auto,
-        Some(BoolOrText::Text(other)) => {
-            return Err(field_error(
-                "nat.conntrack",
-                format!("{other:?} is not one of auto, true, false"),
-            ))
-        }
+        Some(true) => ConntrackMode::On,
+        Some(false) => ConntrackMode::Off,
     };
     let max_connections = raw.max_connections.unwrap_or(131_072);
     if !(16..=16_777_216).contains(&max_connections) {
@@ -836,5 +835,34 @@ topology:
         let d = Config::parse(GOOD).unwrap();
         assert_eq!(d.nat.conntrack, ConntrackMode::Auto);
         assert!(d.services.bundled && d.egress.nat_gateway.is_none());
+    }
+
+    #[test]
+    fn auto_fields_take_true_false_or_auto_only() {
+        let with = |section: &str| Config::parse(&format!("{GOOD}{section}\n"));
+        assert_eq!(
+            with("nat: { conntrack: auto }").unwrap().nat.conntrack,
+            ConntrackMode::Auto
+        );
+        assert_eq!(
+            with("nat: { conntrack: false }").unwrap().nat.conntrack,
+            ConntrackMode::Off
+        );
+        assert_eq!(
+            with("kubernetes: { enabled: false }")
+                .unwrap()
+                .kubernetes
+                .mode,
+            KubernetesMode::Off
+        );
+        let e = with("nat: { conntrack: maybe }").unwrap_err().to_string();
+        assert!(
+            e.contains("nat.conntrack") && e.contains("\"maybe\" is not one of auto"),
+            "{e}"
+        );
+        let e = with("kubernetes: { enabled: yes please }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kubernetes.enabled"), "{e}");
     }
 }

@@ -54,6 +54,18 @@ pub struct Tuple {
     pub dst_port: u16,
 }
 
+/// A TCP tuple from text, for the tests of this module and of `nat`.
+#[cfg(test)]
+pub(crate) fn test_tuple(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
+    Tuple {
+        protocol: 6,
+        src: src.parse().unwrap(),
+        src_port: sport,
+        dst: dst.parse().unwrap(),
+        dst_port: dport,
+    }
+}
+
 /// A tracked connection: what the originator sent (`original`) and what the answer looks like
 /// (`reply`). Without NAT each is the other reversed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -430,8 +442,9 @@ fn tuple(attrs: &[u8]) -> Result<Option<Tuple>, String> {
     }))
 }
 
-/// Builds ctnetlink messages the way the kernel does; tests and benchmarks use it.
-pub mod encode {
+/// Builds ctnetlink messages the way the kernel does, for the parser's tests.
+#[cfg(test)]
+mod encode {
     use super::*;
 
     fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
@@ -507,15 +520,7 @@ pub mod encode {
 mod tests {
     use super::*;
 
-    fn t(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
-        Tuple {
-            protocol: 6,
-            src: src.parse().unwrap(),
-            src_port: sport,
-            dst: dst.parse().unwrap(),
-            dst_port: dport,
-        }
-    }
+    use crate::conntrack::test_tuple as t;
 
     fn cluster_ip() -> Connection {
         Connection {

@@ -626,15 +626,7 @@ mod tests {
     use super::*;
     use agent_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4};
 
-    fn t(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
-        Tuple {
-            protocol: 6,
-            src: src.parse().unwrap(),
-            src_port: sport,
-            dst: dst.parse().unwrap(),
-            dst_port: dport,
-        }
-    }
+    use crate::conntrack::test_tuple as t;
 
     /// pod 10.0.1.2:sport → ClusterIP 172.20.0.10:80, DNATed to a backend.
     fn to_service(sport: u16, backend: &str) -> Connection {

@@ -115,19 +115,10 @@ impl Router {
                 .is_some_and(|t| self.gateway_endpoints.iter().any(|e| e == t));
         let route = if via_endpoint {
             Route::GatewayEndpoint
+        } else if outbound {
+            self.internet_route(own)
         } else {
-            match &self.nat_gateway {
-                Some(gw) if outbound => {
-                    let gw = Place {
-                        region: own.region.clone(),
-                        ..gw.clone()
-                    };
-                    Route::NatGateway {
-                        cross_zone: classify_place(own, &gw) == TrafficClass::CrossZone,
-                    }
-                }
-                _ => Route::Direct,
-            }
+            Route::Direct
         };
         Destination {
             class,
@@ -151,7 +142,8 @@ impl Router {
         k.listed(addr).unwrap_or_else(|| topology.classify(addr))
     }
 
-    /// The route plain internet bytes take from this node (for series created before any byte).
+    /// The route bytes leaving the VPC take from this node: through the NAT gateway if there is
+    /// one (also used for series created before any byte).
     pub fn internet_route(&self, own: &Place) -> Route {
         match &self.nat_gateway {
             Some(gw) => {
