@@ -189,6 +189,28 @@ fn words_to_octets(words: &[u32; 4]) -> [u8; 16] {
     out
 }
 
+/// An address as a key stores it: its family and its bytes in four words (IPv4: the first).
+/// The inverse of `remote_octets`/`local_octets`.
+pub fn addr_words(addr: core::net::IpAddr) -> (u8, [u32; 4]) {
+    let (family, octets) = match addr {
+        core::net::IpAddr::V4(a) => {
+            let mut o = [0u8; 16];
+            o[..4].copy_from_slice(&a.octets());
+            (FAMILY_IPV4, o)
+        }
+        core::net::IpAddr::V6(a) => (FAMILY_IPV6, a.octets()),
+    };
+    let words = core::array::from_fn(|i| {
+        u32::from_ne_bytes([
+            octets[4 * i],
+            octets[4 * i + 1],
+            octets[4 * i + 2],
+            octets[4 * i + 3],
+        ])
+    });
+    (family, words)
+}
+
 impl OverflowKey {
     pub const fn new(cgroup_id: u64, direction: u8) -> Self {
         OverflowKey {
@@ -227,5 +249,22 @@ mod tests {
         assert_eq!(size_of::<OverflowKey>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<CacheEntry>(), 48 + 16 + 8);
+    }
+
+    #[test]
+    fn addresses_round_trip_through_key_words() {
+        for text in ["203.0.113.5", "2001:db8::7"] {
+            let addr: core::net::IpAddr = text.parse().unwrap();
+            let (family, words) = addr_words(addr);
+            let key = FlowKey::new(1, words, family, DIRECTION_EGRESS);
+            let o = key.remote_octets();
+            let back: core::net::IpAddr = if family == FAMILY_IPV4 {
+                [o[0], o[1], o[2], o[3]].into()
+            } else {
+                o.into()
+            };
+            assert_eq!(back, addr, "{text}");
+            assert_eq!(family == FAMILY_IPV4, addr.is_ipv4());
+        }
     }
 }

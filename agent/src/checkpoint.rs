@@ -13,9 +13,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use agent_common::Counter;
+
 use crate::{
+    drain::DrainState,
     identity::Identity,
-    metrics::{Direction, TrafficLabels},
+    kernel::MapsOrigin,
+    metrics::{Direction, KubecostLabels, TrafficLabels},
 };
 
 /// Bump when the file's meaning changes; other formats are not read.
@@ -86,13 +90,8 @@ pub struct TrafficTotal {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KubecostTotal {
     pub direction: Direction,
-    pub pod_name: String,
-    pub namespace: String,
-    pub internet: bool,
-    pub same_region: bool,
-    pub same_zone: bool,
-    pub service: String,
-    pub nat_gateway: bool,
+    #[serde(flatten)]
+    pub labels: KubecostLabels,
     pub bytes: u64,
 }
 
@@ -135,6 +134,94 @@ pub struct PendingConnection {
     pub bytes: u64,
     pub packets: u64,
     pub age_seconds: f64,
+}
+
+impl Checkpoint {
+    /// Where the drain of `maps` stood when this was written; `None` if it was written for
+    /// other maps (or before any drain).
+    pub fn drain_state(&self, maps: &MapsIdentity) -> Option<DrainState> {
+        if self.maps.as_ref() != Some(maps) {
+            return None;
+        }
+        self.drained_epoch.map(|drained_epoch| DrainState {
+            drained_epoch,
+            lost_seen: self
+                .lost_seen
+                .map(|[bytes, packets]| Counter { bytes, packets }),
+        })
+    }
+}
+
+/// What a starting agent's totals go on from.
+#[derive(Debug)]
+pub enum StartTotals {
+    /// Nothing to go on from: new maps and no checkpoint.
+    New,
+    /// The checkpoint's totals go on; `drain` is where the drain of the adopted maps stood.
+    Restored {
+        checkpoint: Box<Checkpoint>,
+        drain: Option<DrainState>,
+    },
+    /// From zero although something was there before (a counter reset Prometheus sees).
+    Reset {
+        reason: String,
+        /// The pins or the checkpoint are of another layout (rather than missing).
+        incompatible: bool,
+    },
+}
+
+impl StartTotals {
+    /// Decides from how the maps came to be, pins of other layouts (`other_layout`), the
+    /// checkpoint found and the identity of the maps loaded now.
+    pub fn decide(
+        origin: &MapsOrigin,
+        other_layout: Option<&Path>,
+        checkpoint: Option<Checkpoint>,
+        maps: &MapsIdentity,
+    ) -> StartTotals {
+        let incompatible = match (origin, other_layout) {
+            (MapsOrigin::Replaced(reason), _) => Some(reason.clone()),
+            (_, Some(dir)) => Some(format!("pins of another layout in {}", dir.display())),
+            _ => checkpoint
+                .as_ref()
+                .filter(|c| c.abi != agent_common::ABI_VERSION)
+                .map(|c| format!("the checkpoint is of kernel ABI {}", c.abi)),
+        };
+        if let Some(reason) = incompatible {
+            return StartTotals::Reset {
+                reason,
+                incompatible: true,
+            };
+        }
+        match (origin, checkpoint) {
+            (MapsOrigin::Adopted, Some(cp)) if cp.maps.as_ref() == Some(maps) => {
+                let drain = cp.drain_state(maps);
+                StartTotals::Restored {
+                    checkpoint: Box::new(cp),
+                    drain,
+                }
+            }
+            (MapsOrigin::Adopted, _) => StartTotals::Reset {
+                reason: "pinned maps adopted without their checkpoint".to_owned(),
+                incompatible: false,
+            },
+            // New maps: nothing in them the checkpoint could disagree with.
+            (_, Some(cp)) => StartTotals::Restored {
+                checkpoint: Box::new(cp),
+                drain: None,
+            },
+            (_, None) => StartTotals::New,
+        }
+    }
+
+    /// The `totals` label of `netcost_start_info`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StartTotals::New => "new",
+            StartTotals::Restored { .. } => "restored",
+            StartTotals::Reset { .. } => "reset",
+        }
+    }
 }
 
 /// The checkpoint file in the state directory.
@@ -242,7 +329,19 @@ mod tests {
                 // Dollars must come back bit for bit.
                 dollars: 0.1 + 0.2,
             }],
-            kubecost: vec![],
+            kubecost: vec![KubecostTotal {
+                direction: Direction::Ingress,
+                labels: KubecostLabels {
+                    pod_name: "cart-7d9f".into(),
+                    namespace: "shop".into(),
+                    internet: false,
+                    same_region: true,
+                    same_zone: false,
+                    service: String::new(),
+                    nat_gateway: true,
+                },
+                bytes: 12,
+            }],
             counters: Counters {
                 unpriced_bytes: 9,
                 ..Counters::default()
@@ -274,6 +373,62 @@ mod tests {
         assert_eq!(store.load().unwrap(), Some(cp));
         assert!(store.remove().unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_goes_on_only_with_the_maps_it_was_written_for() {
+        let ours = MapsIdentity {
+            boot_id: "b00t".into(),
+            maps_id: 42,
+        };
+        let decide = |origin: &MapsOrigin, other: Option<&Path>, cp: Option<Checkpoint>| {
+            StartTotals::decide(origin, other, cp, &ours)
+        };
+        match decide(&MapsOrigin::Adopted, None, Some(sample())) {
+            StartTotals::Restored { drain, .. } => {
+                assert_eq!(drain.map(|d| d.drained_epoch), Some(u32::MAX));
+                assert_eq!(drain.unwrap().lost_seen[1].packets, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Maps of another boot or instance: their drain state says nothing about ours.
+        let mut foreign = sample();
+        foreign.maps.as_mut().unwrap().maps_id = 7;
+        assert!(matches!(
+            decide(&MapsOrigin::Adopted, None, Some(foreign.clone())),
+            StartTotals::Reset {
+                incompatible: false,
+                ..
+            }
+        ));
+        // New maps (after a reboot): the totals go on, the drain starts afresh.
+        assert!(matches!(
+            decide(&MapsOrigin::Created, None, Some(foreign)),
+            StartTotals::Restored { drain: None, .. }
+        ));
+        assert!(matches!(
+            decide(&MapsOrigin::Created, None, None),
+            StartTotals::New
+        ));
+        let reset = decide(
+            &MapsOrigin::Created,
+            Some(Path::new("/sys/fs/bpf/netcost/v2")),
+            Some(sample()),
+        );
+        assert!(
+            matches!(&reset, StartTotals::Reset { reason, incompatible: true } if reason.contains("v2")),
+            "{reset:?}"
+        );
+        let mut old_abi = sample();
+        old_abi.abi = 1;
+        assert_eq!(
+            decide(&MapsOrigin::Adopted, None, Some(old_abi)).label(),
+            "reset"
+        );
+        assert_eq!(
+            decide(&MapsOrigin::Replaced("x".into()), None, Some(sample())).label(),
+            "reset"
+        );
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 use std::{
     fs::File,
-    net::IpAddr,
     os::fd::AsFd,
     path::{Path, PathBuf},
     time::Duration,
@@ -17,8 +16,7 @@ use std::{
 use agent_common::{
     cache_index, CacheEntry, Counter, FlowKey, OverflowKey, TranslatedKey, ABI_VERSION,
     CACHE_ENTRIES, CONTROL_ACTIVE, CONTROL_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    FAMILY_IPV4, FAMILY_IPV6, LOST_ENTRIES, MAP_CACHE, MAP_CONTROL, MAP_FLOWS, MAP_LOST,
-    MAP_OVERFLOW, MAP_TRANSLATED,
+    LOST_ENTRIES, MAP_CACHE, MAP_CONTROL, MAP_FLOWS, MAP_LOST, MAP_OVERFLOW, MAP_TRANSLATED,
 };
 use aya::{
     maps::{
@@ -102,6 +100,17 @@ pub enum MapsOrigin {
     Adopted,
     /// Pinned maps were there but of another layout: replaced by empty ones.
     Replaced(String),
+}
+
+impl MapsOrigin {
+    /// The `maps` label of `netcost_start_info`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MapsOrigin::Created => "created",
+            MapsOrigin::Adopted => "adopted",
+            MapsOrigin::Replaced(_) => "replaced",
+        }
+    }
 }
 
 /// The maps kept across restarts. `TRANSLATED` is not among them: each agent fills its own from
@@ -208,18 +217,7 @@ pub struct TranslatedTrie {
 /// The trie's key for a prefix: the family word is always matched, then the prefix's bits.
 pub fn translated_key(cidr: &Cidr) -> lpm_trie::Key<TranslatedKey> {
     let (addr, bits) = cidr.parts();
-    let (family, words) = match addr {
-        IpAddr::V4(a) => (FAMILY_IPV4, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            (
-                FAMILY_IPV6,
-                std::array::from_fn(|i| {
-                    u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-                }),
-            )
-        }
-    };
+    let (family, words) = agent_common::addr_words(addr);
     lpm_trie::Key::new(
         32 + bits as u32,
         TranslatedKey {

@@ -6,12 +6,11 @@ use std::{
 };
 
 use agent::{
-    checkpoint::{CheckpointStore, MapsIdentity},
+    checkpoint::{CheckpointStore, MapsIdentity, StartTotals},
     config::{CgroupRoot, Config, ConntrackMode},
     drain::Drainer,
     identity::{find_cgroup2_mount, CgroupResolver},
     imds, k8s, kernel,
-    kernel::MapsOrigin,
     metrics::{MapLabels, Metrics, StartLabels},
     nat::{self, NatTable, ResolverOptions},
     pipeline::{Pipeline, PipelineOptions},
@@ -194,37 +193,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let identity = MapsIdentity::current(maps_id);
-    let incompatible = match (&origin, other_layouts.first()) {
-        (MapsOrigin::Replaced(reason), _) => Some(reason.clone()),
-        (_, Some(dir)) => Some(format!("pins of another layout in {}", dir.display())),
-        _ => checkpoint
-            .as_ref()
-            .filter(|c| c.abi != agent_common::ABI_VERSION)
-            .map(|c| format!("the checkpoint is of kernel ABI {}", c.abi)),
-    };
-    let (restore, drain_state, totals) = match (&incompatible, &origin, checkpoint) {
-        (Some(reason), _, _) => {
+    let totals = StartTotals::decide(
+        &origin,
+        other_layouts.first().map(PathBuf::as_path),
+        checkpoint,
+        &identity,
+    );
+    let drain_state = match &totals {
+        StartTotals::Reset {
+            reason,
+            incompatible: true,
+        } => {
             tracing::warn!(%reason, "incompatible layout: starting fresh, the totals start from zero (a counter reset Prometheus sees)");
-            (None, None, "reset")
+            None
         }
-        (None, MapsOrigin::Adopted, Some(cp)) if cp.maps.as_ref() == Some(&identity) => {
-            let drain_state = Pipeline::<kernel::KernelMaps>::drain_state_of(&cp, &identity);
-            (Some(cp), drain_state, "restored")
+        StartTotals::Reset { reason, .. } => {
+            tracing::warn!(%reason, "the totals start from zero");
+            None
         }
-        (None, MapsOrigin::Adopted, _) => {
-            tracing::warn!(
-                "pinned maps adopted without their checkpoint: the totals start from zero"
-            );
-            (None, None, "reset")
-        }
-        (None, _, Some(cp)) => (Some(cp), None, "restored"),
-        (None, _, None) => (None, None, "new"),
+        StartTotals::Restored { drain, .. } => *drain,
+        StartTotals::New => None,
     };
     let (drainer, resumed) =
         Drainer::resume(maps, drain_state).context("reading the kernel's buffers")?;
     tracing::info!(
         maps = ?origin,
-        totals,
+        totals = totals.label(),
         ?resumed,
         pinned = pins.is_some(),
         checkpoint = ?store.as_ref().map(|s| s.path.display().to_string()),
@@ -237,12 +231,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     metrics
         .start_info
         .get_or_create(&StartLabels {
-            maps: match origin {
-                MapsOrigin::Created => "created",
-                MapsOrigin::Adopted => "adopted",
-                MapsOrigin::Replaced(_) => "replaced",
-            },
-            totals,
+            maps: origin.label(),
+            totals: totals.label(),
             pins: if pins.is_some() { "pinned" } else { "unpinned" },
         })
         .set(1);
@@ -302,7 +292,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     );
     // Before anything is served: no scrape ever sees the totals start again.
-    if let Some(cp) = &restore {
+    if let StartTotals::Restored { checkpoint: cp, .. } = &totals {
         pipeline.restore(cp, std::time::Instant::now());
         tracing::info!(
             series = cp.traffic.len(),

@@ -48,6 +48,14 @@ impl Direction {
         }
     }
 
+    /// The kernel's value (`DIRECTION_*`); the inverse of `from_abi`.
+    pub fn abi(self) -> u8 {
+        match self {
+            Direction::Egress => agent_common::DIRECTION_EGRESS,
+            Direction::Ingress => agent_common::DIRECTION_INGRESS,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Egress => "egress",
@@ -273,16 +281,18 @@ pub struct KubecostMetrics {
     pub unmapped_bytes: Counter,
 }
 
-/// Kubecost's label set, in its order.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Kubecost's label set, in its order (flags are encoded `true`/`false`, as Kubecost writes them).
+#[derive(
+    Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, serde::Serialize, serde::Deserialize,
+)]
 pub struct KubecostLabels {
     pub pod_name: String,
     pub namespace: String,
-    pub internet: &'static str,
-    pub same_region: &'static str,
-    pub same_zone: &'static str,
+    pub internet: bool,
+    pub same_region: bool,
+    pub same_zone: bool,
     pub service: String,
-    pub nat_gateway: &'static str,
+    pub nat_gateway: bool,
 }
 
 impl KubecostLabels {
@@ -294,11 +304,11 @@ impl KubecostLabels {
             return None;
         }
         let (internet, same_region, same_zone) = match labels.destination.class {
-            TrafficClass::SameZone | TrafficClass::SameRegion => ("false", "true", "true"),
+            TrafficClass::SameZone | TrafficClass::SameRegion => (false, true, true),
             // Charged like cross-zone traffic, which is how OpenCost then prices it.
-            TrafficClass::CrossZone | TrafficClass::RegionalPublic => ("false", "true", "false"),
-            TrafficClass::CrossRegion => ("false", "false", "false"),
-            TrafficClass::Internet => ("true", "false", "false"),
+            TrafficClass::CrossZone | TrafficClass::RegionalPublic => (false, true, false),
+            TrafficClass::CrossRegion => (false, false, false),
+            TrafficClass::Internet => (true, false, false),
             TrafficClass::Unplaced | TrafficClass::Unknown => return None,
         };
         Some(KubecostLabels {
@@ -313,11 +323,7 @@ impl KubecostLabels {
                 .as_deref()
                 .unwrap_or("")
                 .to_owned(),
-            nat_gateway: if matches!(labels.destination.route, Route::NatGateway { .. }) {
-                "true"
-            } else {
-                "false"
-            },
+            nat_gateway: matches!(labels.destination.route, Route::NatGateway { .. }),
         })
     }
 }

@@ -20,7 +20,7 @@ use crate::{
         Checkpoint, CheckpointStore, Counters, HeldBytes, KubecostTotal, MapsIdentity,
         PendingConnection, TrafficTotal,
     },
-    drain::{CountingBuffers, DrainState, Drainer},
+    drain::{CountingBuffers, Drainer},
     identity::{CgroupResolver, Identity},
     inventory::{Inventory, PodMeta, SharedInventory},
     metrics::{
@@ -46,18 +46,6 @@ pub fn remote_addr(key: &FlowKey) -> IpAddr {
 /// The local address of a per-connection key.
 pub fn local_addr(key: &FlowKey) -> IpAddr {
     addr(key.family, key.local_octets())
-}
-
-/// An address in the kernel's word layout (the inverse of `remote_addr`).
-pub fn addr_words(addr: IpAddr) -> [u32; 4] {
-    let mut o = [0u8; 16];
-    match addr {
-        IpAddr::V4(a) => o[..4].copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => o = a.octets(),
-    }
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-    })
 }
 
 fn addr(family: u8, octets: [u8; 16]) -> IpAddr {
@@ -255,11 +243,10 @@ impl<B: CountingBuffers> Pipeline<B> {
         Ok(())
     }
 
-    fn write_checkpoint(&mut self) {
+    fn write_checkpoint(&self) {
         let Some((store, _)) = &self.options.checkpoint else {
             return;
         };
-        let store = store.clone();
         let checkpoint = self.snapshot(Instant::now());
         match store.save(&checkpoint) {
             Ok(size) => {
@@ -310,15 +297,9 @@ impl<B: CountingBuffers> Pipeline<B> {
             .into_iter()
             .filter_map(|(direction, k)| {
                 let bytes = m.kubecost.bytes(direction).get_or_create(&k).get();
-                (bytes != 0).then(|| KubecostTotal {
+                (bytes != 0).then_some(KubecostTotal {
                     direction,
-                    pod_name: k.pod_name,
-                    namespace: k.namespace,
-                    internet: k.internet == "true",
-                    same_region: k.same_region == "true",
-                    same_zone: k.same_zone == "true",
-                    service: k.service,
-                    nat_gateway: k.nat_gateway == "true",
+                    labels: k,
                     bytes,
                 })
             })
@@ -369,13 +350,16 @@ impl<B: CountingBuffers> Pipeline<B> {
                 age_seconds: age(h.since),
             })
             .collect();
-        let state = self.drainer.state().unwrap_or_default();
+        let state = self.drainer.state();
         Checkpoint {
             format: crate::checkpoint::FORMAT,
             abi: agent_common::ABI_VERSION,
             maps: self.options.checkpoint.as_ref().map(|(_, id)| id.clone()),
-            drained_epoch: self.drainer.state().map(|s| s.drained_epoch),
-            lost_seen: state.lost_seen.map(|c| [c.bytes, c.packets]),
+            drained_epoch: state.map(|s| s.drained_epoch),
+            lost_seen: state
+                .unwrap_or_default()
+                .lost_seen
+                .map(|c| [c.bytes, c.packets]),
             saved_unix_seconds: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -404,20 +388,10 @@ impl<B: CountingBuffers> Pipeline<B> {
                 m.cost.get_or_create(labels).inc_by(t.dollars);
             }
         }
-        let flag = |b: bool| if b { "true" } else { "false" };
         for k in &checkpoint.kubecost {
-            let labels = KubecostLabels {
-                pod_name: k.pod_name.clone(),
-                namespace: k.namespace.clone(),
-                internet: flag(k.internet),
-                same_region: flag(k.same_region),
-                same_zone: flag(k.same_zone),
-                service: k.service.clone(),
-                nat_gateway: flag(k.nat_gateway),
-            };
             m.kubecost
                 .bytes(k.direction)
-                .get_or_create(&labels)
+                .get_or_create(&k.labels)
                 .inc_by(k.bytes);
         }
         let c = &checkpoint.counters;
@@ -455,21 +429,15 @@ impl<B: CountingBuffers> Pipeline<B> {
             let _ = self.hold(&key, &counter, since(h.age_seconds));
         }
         for p in &checkpoint.pending_nat {
+            let (family, remote) = agent_common::addr_words(p.remote);
             let key = FlowKey {
                 cgroup_id: p.cgroup_id,
-                remote: addr_words(p.remote),
-                local: addr_words(p.local),
+                remote,
+                local: agent_common::addr_words(p.local).1,
                 local_port: p.local_port,
                 remote_port: p.remote_port,
-                family: if p.remote.is_ipv4() {
-                    FAMILY_IPV4
-                } else {
-                    agent_common::FAMILY_IPV6
-                },
-                direction: match p.direction {
-                    Direction::Egress => agent_common::DIRECTION_EGRESS,
-                    Direction::Ingress => agent_common::DIRECTION_INGRESS,
-                },
+                family,
+                direction: p.direction.abi(),
                 protocol: p.protocol,
                 _pad: 0,
             };
@@ -479,20 +447,6 @@ impl<B: CountingBuffers> Pipeline<B> {
             });
             held.counter.add(p.bytes, p.packets);
         }
-    }
-
-    /// The drain state a checkpoint holds, if it belongs to `maps`.
-    pub fn drain_state_of(checkpoint: &Checkpoint, maps: &MapsIdentity) -> Option<DrainState> {
-        if checkpoint.maps.as_ref() != Some(maps) {
-            return None;
-        }
-        let lost = checkpoint
-            .lost_seen
-            .map(|[bytes, packets]| Counter { bytes, packets });
-        checkpoint.drained_epoch.map(|drained_epoch| DrainState {
-            drained_epoch,
-            lost_seen: lost,
-        })
     }
 
     /// Finds a flow entry's real remote end (through conntrack for per-connection entries), then

@@ -106,6 +106,12 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         .context("no cgroup2 mount in /proc/mounts")
 }
 
+/// What `bpftool cgroup show` lists at the cgroup v2 root: the programs attached there.
+pub fn programs_at_cgroup_root() -> Result<String> {
+    let root = cgroup2_root()?;
+    run(&["bpftool", "cgroup", "show", &root.to_string_lossy()])
+}
+
 /// The test cgroup subtree, removed (processes killed first) on drop.
 pub struct CgroupTree {
     pub base: PathBuf,

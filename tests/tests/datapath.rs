@@ -112,10 +112,7 @@ fn a_full_flow_map_spills_to_overflow_without_losing_bytes() -> Result<()> {
 #[test]
 fn programs_are_attached_at_the_root_and_unpinned_detached_on_stop() -> Result<()> {
     let _serial = serial();
-    let root = netcost_tests::cgroup2_root()?;
-    let root = root.to_string_lossy().into_owned();
-    let attached =
-        || -> Result<String> { netcost_tests::run(&["bpftool", "cgroup", "show", &root]) };
+    let attached = netcost_tests::programs_at_cgroup_root;
     let state = AgentState::new("attach")?;
     let unpinned = format!(
         "{}state:\n  pin: false\n  dir: \"{}\"\n",

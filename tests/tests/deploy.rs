@@ -103,6 +103,20 @@ fn missing(written: &Value, typed: &Value) -> Vec<String> {
     out
 }
 
+/// Renders `dir` and checks every object against its k8s-openapi type.
+fn rendered(dir: &str) -> Result<Vec<Value>> {
+    let docs = render(dir)?;
+    check_types(dir, &docs)?;
+    Ok(docs)
+}
+
+fn pod_spec(ds: &DaemonSet) -> Result<&k8s_openapi::api::core::v1::PodSpec> {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("pod spec")
+}
+
 fn daemonset(docs: &[Value]) -> Result<DaemonSet> {
     let v = docs
         .iter()
@@ -114,14 +128,9 @@ fn daemonset(docs: &[Value]) -> Result<DaemonSet> {
 #[test]
 fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
     for dir in KUSTOMIZATIONS {
-        let docs = render(dir)?;
-        check_types(dir, &docs)?;
+        let docs = rendered(dir)?;
         let ds = daemonset(&docs)?;
-        let pod = ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .context("pod spec")?;
+        let pod = pod_spec(&ds)?;
         let c = pod.containers.first().context("container")?;
         let sc = c.security_context.as_ref().context("securityContext")?;
         ensure!(sc.privileged == Some(false), "{dir}: privileged");
@@ -252,8 +261,7 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
 #[test]
 fn the_dashboard_renders_as_a_grafana_configmap() -> Result<()> {
     let dir = "deploy/grafana";
-    let docs = render(dir)?;
-    check_types(dir, &docs)?;
+    let docs = rendered(dir)?;
     let cm = docs
         .iter()
         .find(|d| d["kind"] == "ConfigMap")
@@ -279,14 +287,9 @@ fn the_dashboard_renders_as_a_grafana_configmap() -> Result<()> {
 #[test]
 fn the_cleanup_daemonset_needs_no_capability() -> Result<()> {
     let dir = "deploy/cleanup";
-    let docs = render(dir)?;
-    check_types(dir, &docs)?;
+    let docs = rendered(dir)?;
     let ds = daemonset(&docs)?;
-    let pod = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .context("pod spec")?;
+    let pod = pod_spec(&ds)?;
     let c = pod.containers.first().context("container")?;
     ensure!(
         c.args.as_deref() == Some(&["cleanup".to_owned(), "--stay".to_owned()][..]),

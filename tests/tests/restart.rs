@@ -35,11 +35,6 @@ fn start_info(samples: &Samples) -> Option<(String, String, String)> {
         .map(|(l, _)| (l["maps"].clone(), l["totals"].clone(), l["pins"].clone()))
 }
 
-fn bpftool_cgroup() -> Result<String> {
-    let root = netcost_tests::cgroup2_root()?;
-    netcost_tests::run(&["bpftool", "cgroup", "show", &root.to_string_lossy()])
-}
-
 #[test]
 fn a_sigkill_while_traffic_flows_loses_no_byte() -> Result<()> {
     let _serial = serial();
@@ -172,10 +167,10 @@ fn cleanup_detaches_the_programs_and_removes_every_pin() -> Result<()> {
     let state = AgentState::new("cleanup")?;
     let config = config(&state, "");
     let agent = Agent::start("cleanup", &config)?;
-    let during = bpftool_cgroup()?;
+    let during = netcost_tests::programs_at_cgroup_root()?;
     let abi = agent.metrics()?.series["netcost_build_info"][0].0["abi_version"].clone();
     agent.stop()?;
-    let after_stop = bpftool_cgroup()?;
+    let after_stop = netcost_tests::programs_at_cgroup_root()?;
     let pins = state.pin_dir().join(format!("v{abi}"));
     for f in ["links/netcost_egress", "maps/FLOWS_0", "maps/CONTROL"] {
         ensure!(
@@ -202,7 +197,7 @@ fn cleanup_detaches_the_programs_and_removes_every_pin() -> Result<()> {
         "cleanup failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let after_cleanup = bpftool_cgroup()?;
+    let after_cleanup = netcost_tests::programs_at_cgroup_root()?;
     for name in ["netcost_egress", "netcost_ingres"] {
         // bpftool prints names truncated to 15 characters.
         ensure!(during.contains(name), "{name} not attached: {during}");
