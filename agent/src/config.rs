@@ -12,9 +12,16 @@
 //!   node_name: ip-10-0-1-5     # default: $NODE_NAME (downward API)
 //!   watch_nodes: true          # place other nodes' IPs and pod CIDRs by their zone labels
 //!   hold_unknown_seconds: 600  # bytes of a pod not yet in the API are held this long
-//! imds:                        # EC2 instance metadata (IMDSv2) for our own zone and region
+//!   watch_endpointslices: true # place Service backends cluster-wide (as kube-proxy watches them)
+//! imds:                        # EC2 instance metadata (IMDSv2): our zone, our subnets, the VPC
 //!   enabled: false
 //!   endpoint: "http://169.254.169.254"
+//! ec2:                         # every subnet of our VPC by zone ID (ec2:DescribeSubnets)
+//!   subnets: auto              # auto: on when AWS credentials are found; true: required; false
+//!   refresh_seconds: 600
+//!   vpc_id: vpc-0abc           # default: from instance metadata
+//!   endpoint: "https://…"      # default: $AWS_ENDPOINT_URL_EC2, $AWS_ENDPOINT_URL, the region's
+//!   sts_endpoint: "https://…"  # default: $AWS_ENDPOINT_URL_STS, $AWS_ENDPOINT_URL, the region's
 //! nat:                         # Services and SNAT: the real remote end, from conntrack
 //!   conntrack: auto            # auto: on when the kernel offers ctnetlink; true: required; false
 //!   netns: /proc/1/ns/net      # whose conntrack (kube-proxy's); default: the agent's own netns
@@ -91,6 +98,8 @@ struct RawConfig {
     kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     imds: Option<RawImds>,
+    #[serde(default)]
+    ec2: Option<RawEc2>,
     #[serde(default)]
     topology: Option<RawTopology>,
     #[serde(default)]
@@ -180,7 +189,18 @@ struct RawKubernetes {
     api_server: Option<String>,
     node_name: Option<String>,
     watch_nodes: Option<bool>,
+    watch_endpointslices: Option<bool>,
     hold_unknown_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEc2 {
+    subnets: Option<BoolOrText>,
+    refresh_seconds: Option<f64>,
+    vpc_id: Option<String>,
+    endpoint: Option<String>,
+    sts_endpoint: Option<String>,
 }
 
 /// `true`, `false` or `auto`.
@@ -259,6 +279,7 @@ pub struct KubernetesConfig {
     pub api_server: Option<String>,
     pub node_name: Option<String>,
     pub watch_nodes: bool,
+    pub watch_endpointslices: bool,
     pub hold_unknown: Duration,
 }
 
@@ -278,6 +299,26 @@ pub struct ImdsConfig {
     pub enabled: bool,
     pub endpoint: String,
     pub timeout: Duration,
+}
+
+/// Whether to read every subnet of the VPC from EC2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ec2Mode {
+    /// On when AWS credentials are found (and the VPC is known); else off, said at start.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ec2Config {
+    pub subnets: Ec2Mode,
+    pub refresh: Duration,
+    /// Default: the VPC of our network interfaces, from instance metadata.
+    pub vpc_id: Option<String>,
+    /// Endpoint overrides; `None`: the environment's (`AWS_ENDPOINT_URL_EC2`…), else the region's.
+    pub endpoint: Option<String>,
+    pub sts_endpoint: Option<String>,
 }
 
 /// Whether to read conntrack.
@@ -351,6 +392,7 @@ pub struct Config {
     pub series_grace: Duration,
     pub kubernetes: KubernetesConfig,
     pub imds: ImdsConfig,
+    pub ec2: Ec2Config,
     /// Our own place and the configured prefixes; the own place may be partly unknown when the
     /// Node object or IMDS supply it.
     pub topology: StaticTopology,
@@ -432,6 +474,7 @@ impl Config {
         )?;
         let kubernetes = kubernetes(raw.kubernetes.unwrap_or_default())?;
         let imds = imds(raw.imds.unwrap_or_default())?;
+        let ec2 = ec2(raw.ec2.unwrap_or_default())?;
         let topology = topology(raw.topology.unwrap_or_default())?;
         if kubernetes.mode == KubernetesMode::Off && !imds.enabled && !topology.own().is_placed() {
             return Err(field_error(
@@ -464,6 +507,7 @@ impl Config {
             series_grace,
             kubernetes,
             imds,
+            ec2,
             topology,
         })
     }
@@ -541,6 +585,7 @@ fn kubernetes(raw: RawKubernetes) -> Result<KubernetesConfig, ConfigError> {
         api_server,
         node_name,
         watch_nodes: raw.watch_nodes.unwrap_or(true),
+        watch_endpointslices: raw.watch_endpointslices.unwrap_or(true),
         hold_unknown: seconds(
             "kubernetes.hold_unknown_seconds",
             raw.hold_unknown_seconds.unwrap_or(600.0),
@@ -567,6 +612,49 @@ fn imds(raw: RawImds) -> Result<ImdsConfig, ConfigError> {
             raw.timeout_seconds.unwrap_or(2.0),
             0.1..=60.0,
         )?,
+    })
+}
+
+fn ec2(raw: RawEc2) -> Result<Ec2Config, ConfigError> {
+    let subnets = match auto_bool("ec2.subnets", raw.subnets)? {
+        None => Ec2Mode::Auto,
+        Some(true) => Ec2Mode::On,
+        Some(false) => Ec2Mode::Off,
+    };
+    let url = |field: &str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+        match optional(field, value)? {
+            None => Ok(None),
+            Some(u)
+                if (u.starts_with("https://") || u.starts_with("http://"))
+                    && u.parse::<hyper::Uri>().is_ok() =>
+            {
+                Ok(Some(u.trim_end_matches('/').to_owned()))
+            }
+            Some(u) => Err(field_error(
+                field,
+                format!("{u:?} is not an http:// or https:// URL"),
+            )),
+        }
+    };
+    let vpc_id = optional("ec2.vpc_id", raw.vpc_id)?;
+    if let Some(id) = &vpc_id {
+        if !id.starts_with("vpc-") || !id[4..].chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(field_error(
+                "ec2.vpc_id",
+                format!("{id:?} is not a VPC ID such as \"vpc-0abc123\""),
+            ));
+        }
+    }
+    Ok(Ec2Config {
+        subnets,
+        refresh: seconds(
+            "ec2.refresh_seconds",
+            raw.refresh_seconds.unwrap_or(600.0),
+            10.0..=86_400.0,
+        )?,
+        vpc_id,
+        endpoint: url("ec2.endpoint", raw.endpoint)?,
+        sts_endpoint: url("ec2.sts_endpoint", raw.sts_endpoint)?,
     })
 }
 
@@ -815,6 +903,30 @@ topology:
         assert!(e.contains("prices.internet_tier"), "{e}");
         let e = error_of(&format!("{GOOD}nat: {{ retention_seconds: 0 }}\n"));
         assert!(e.contains("nat.retention_seconds"), "{e}");
+        let e = error_of(&format!("{GOOD}ec2: {{ subnets: sometimes }}\n"));
+        assert!(e.contains("ec2.subnets"), "{e}");
+        let e = error_of(&format!("{GOOD}ec2: {{ vpc_id: \"myvpc\" }}\n"));
+        assert!(e.contains("ec2.vpc_id"), "{e}");
+        let e = error_of(&format!("{GOOD}ec2: {{ endpoint: \"ec2.local\" }}\n"));
+        assert!(e.contains("ec2.endpoint"), "{e}");
+        let e = error_of(&format!("{GOOD}ec2: {{ refresh_seconds: 1 }}\n"));
+        assert!(e.contains("ec2.refresh_seconds"), "{e}");
+    }
+
+    #[test]
+    fn ec2_and_endpointslices_have_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.ec2.subnets, Ec2Mode::Auto);
+        assert_eq!(c.ec2.refresh, Duration::from_secs(600));
+        assert!(c.kubernetes.watch_endpointslices);
+        let c = Config::parse(&format!(
+            "{GOOD}ec2: {{ subnets: false, vpc_id: vpc-0a1b, endpoint: \"http://127.0.0.1:9/\" }}\nkubernetes: {{ watch_endpointslices: false }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ec2.subnets, Ec2Mode::Off);
+        assert_eq!(c.ec2.vpc_id.as_deref(), Some("vpc-0a1b"));
+        assert_eq!(c.ec2.endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        assert!(!c.kubernetes.watch_endpointslices);
     }
 
     #[test]

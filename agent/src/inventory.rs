@@ -7,16 +7,25 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
 };
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    discovery::v1::EndpointSlice,
+};
 
-use crate::topology::{Cidr, Place, StaticTopology};
+use crate::topology::{Cidr, Layer, Place, PlaceSource, StaticTopology, Tier};
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 pub const ZONE_ID_LABEL: &str = "topology.k8s.aws/zone-id";
+/// The label the EndpointSlice controller puts on a Service's slices.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The workload a pod belongs to: its top-level controller.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -232,6 +241,238 @@ pub fn node_meta(node: &Node) -> (NodeMeta, Vec<String>) {
     )
 }
 
+/// One endpoint of an EndpointSlice: an address, where it is and, when the slice says it, the
+/// pod behind it. Only what placing and naming a destination needs is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointMeta {
+    pub addr: IpAddr,
+    /// `nodeName`: the node the endpoint runs on (its zone ID comes from that Node).
+    pub node: Option<Arc<str>>,
+    /// `zone`: the zone name, when the node is not known.
+    pub zone: Option<Arc<str>>,
+    /// `targetRef` of kind Pod: the pod's name (in the slice's namespace).
+    pub pod: Option<Arc<str>>,
+}
+
+/// The fields of an EndpointSlice netcost keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceMeta {
+    pub namespace: Arc<str>,
+    pub name: String,
+    /// The Service it belongs to (`kubernetes.io/service-name`); `None` for a slice of no Service.
+    pub service: Option<Arc<str>>,
+    pub endpoints: Vec<EndpointMeta>,
+}
+
+impl SliceMeta {
+    pub fn key(&self) -> String {
+        slice_key(&self.namespace, &self.name)
+    }
+}
+
+/// How the inventory keys an EndpointSlice: `namespace/name`.
+pub fn slice_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Shares the few distinct strings of many objects (zone names, node names, namespaces): 20,000
+/// endpoints name a few hundred nodes.
+#[derive(Debug, Default)]
+pub struct Interner {
+    strings: std::collections::HashSet<Arc<str>>,
+    since_prune: usize,
+}
+
+impl Interner {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        // Strings nothing holds any more (deleted nodes, namespaces) go, now and then.
+        self.since_prune += 1;
+        if self.since_prune >= 4096 {
+            self.since_prune = 0;
+            self.strings.retain(|a| Arc::strong_count(a) > 1);
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(a.clone());
+        a
+    }
+}
+
+/// The fields of an EndpointSlice netcost keeps; FQDN slices, unparsable addresses and objects
+/// without a name are dropped (named in the returned problems).
+pub fn slice_meta(slice: &EndpointSlice, names: &mut Interner) -> (Option<SliceMeta>, Vec<String>) {
+    let mut problems = Vec::new();
+    let Some(name) = slice.metadata.name.clone() else {
+        return (None, vec!["an EndpointSlice without a name".into()]);
+    };
+    if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+        // FQDN slices carry names, not addresses.
+        return (None, problems);
+    }
+    let namespace = names.get(slice.metadata.namespace.as_deref().unwrap_or_default());
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty())
+        .map(|s| names.get(s));
+    let mut endpoints = Vec::new();
+    for e in &slice.endpoints {
+        let node = e
+            .node_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .map(|n| names.get(n));
+        let zone = e
+            .zone
+            .as_deref()
+            .filter(|z| !z.is_empty())
+            .map(|z| names.get(z));
+        let pod = e
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| r.name.as_deref())
+            .map(Arc::<str>::from);
+        for text in &e.addresses {
+            match text.parse::<IpAddr>() {
+                Ok(addr) => endpoints.push(EndpointMeta {
+                    addr,
+                    node: node.clone(),
+                    zone: zone.clone(),
+                    pod: pod.clone(),
+                }),
+                Err(_) => problems.push(format!(
+                    "endpoints[].addresses: {text:?} is not an IP address"
+                )),
+            }
+        }
+    }
+    (
+        Some(SliceMeta {
+            namespace,
+            name,
+            service,
+            endpoints,
+        }),
+        problems,
+    )
+}
+
+/// The AWS region of an AWS zone name: `us-east-1a` → `us-east-1`, `us-gov-west-1b` →
+/// `us-gov-west-1`, a Local Zone `us-east-1-bos-1a` → its parent `us-east-1`. `None` for a name
+/// that is not shaped like an AWS zone.
+pub fn region_of_zone(zone: &str) -> Option<&str> {
+    let mut end = 0;
+    for (i, part) in zone.split('-').enumerate() {
+        let start = end + usize::from(i > 0);
+        let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+        if i >= 2 && digits > 0 {
+            let rest = &part[digits..];
+            if rest.is_empty() || (rest.len() == 1 && rest.bytes().all(|b| b.is_ascii_lowercase()))
+            {
+                return Some(&zone[..start + digits]);
+            }
+            return None;
+        }
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_lowercase()) {
+            return None;
+        }
+        end = start + part.len();
+    }
+    None
+}
+
+/// A watch counts as current again when no error came for this long (longer than the longest
+/// backoff), or at its next event.
+const ERROR_QUIET: std::time::Duration = std::time::Duration::from_secs(35);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether one watch has listed everything and is current.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    listed: AtomicBool,
+    last_error_ms: AtomicU64,
+    last_event_ms: AtomicU64,
+    /// When errors began while nothing was listed yet (0: no such error).
+    failing_since_ms: AtomicU64,
+}
+
+impl WatchHealth {
+    pub(crate) fn error(&self) {
+        let now = now_ms();
+        self.last_error_ms.store(now, Ordering::Relaxed);
+        if !self.listed.load(Ordering::Relaxed) {
+            let _ = self.failing_since_ms.compare_exchange(
+                0,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether waiting for this watch is over: it listed everything, or it has failed for
+    /// longer than `patience` without ever listing (e.g. a permission the RBAC does not grant),
+    /// so what depends on it goes on without it.
+    pub fn settled(&self, patience: Duration) -> bool {
+        if self.listed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        since != 0 && now_ms().saturating_sub(since) > patience.as_millis() as u64
+    }
+
+    pub(crate) fn event(&self) {
+        self.last_event_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn listed(&self) {
+        self.listed.store(true, Ordering::Relaxed);
+        self.event();
+    }
+
+    pub fn synced(&self) -> bool {
+        if !self.listed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let error = self.last_error_ms.load(Ordering::Relaxed);
+        error == 0
+            || error < self.last_event_ms.load(Ordering::Relaxed)
+            || now_ms().saturating_sub(error) > ERROR_QUIET.as_millis() as u64
+    }
+}
+
+/// The state of the watches, for `/readyz` and the metrics.
+#[derive(Debug, Default)]
+pub struct KubeHealth {
+    pub pods: WatchHealth,
+    pub nodes: WatchHealth,
+    /// Optional: `/readyz` does not wait for it (see `settled`).
+    pub endpointslices: WatchHealth,
+}
+
+impl KubeHealth {
+    /// The required watches (pods, nodes) are synced.
+    pub fn synced(&self) -> bool {
+        self.pods.synced() && self.nodes.synced()
+    }
+
+    /// What is not synced, for the `/readyz` body.
+    pub fn describe(&self) -> String {
+        let state = |w: &WatchHealth| if w.synced() { "synced" } else { "not synced" };
+        format!("pods {}, nodes {}", state(&self.pods), state(&self.nodes))
+    }
+}
+
 /// One watched collection: the live map and, during a (re)list, the buffer that replaces it
 /// atomically when the list is complete (so a relist after 410 Gone never shows a half list).
 #[derive(Debug)]
@@ -294,11 +535,13 @@ impl<T> Collection<T> {
     }
 }
 
-/// This node's pods and every node's place, as last seen from the API.
+/// This node's pods, every node's place and every EndpointSlice's endpoints, as last seen from
+/// the API.
 #[derive(Debug, Default)]
 pub struct Inventory {
     pods: Collection<Arc<PodMeta>>,
     nodes: Collection<Arc<NodeMeta>>,
+    slices: Collection<Arc<SliceMeta>>,
     /// Pod IP → UID of the running pod that holds it now.
     pod_ips: HashMap<IpAddr, String>,
 }
@@ -418,44 +661,121 @@ impl Inventory {
         self.nodes.live.len()
     }
 
-    /// The classification table: the configured one, plus every node's addresses and pod CIDRs
-    /// at the node's place, plus this node's pods' IPs at our place (VPC CNI pod IPs come from
-    /// the node's subnets, which the configured subnet list may already place). Our own place:
-    /// what the config says, else our Node's labels, else `fallback` (IMDS).
+    pub fn slices_init(&mut self) {
+        self.slices.init();
+    }
+
+    pub fn slice_apply(&mut self, meta: SliceMeta) {
+        self.slices.apply(meta.key(), Arc::new(meta));
+    }
+
+    pub fn slice_delete(&mut self, key: &str) {
+        self.slices.delete(key);
+    }
+
+    pub fn slices_init_done(&mut self) {
+        self.slices.init_done();
+    }
+
+    pub fn slices_synced(&self) -> bool {
+        self.slices.synced
+    }
+
+    /// Changes whenever an EndpointSlice is added, changed or removed.
+    pub fn slices_generation(&self) -> u64 {
+        self.slices.generation
+    }
+
+    pub fn slice_count(&self) -> usize {
+        self.slices.live.len()
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.slices.live.values().map(|s| s.endpoints.len()).sum()
+    }
+
+    /// Every EndpointSlice known.
+    pub fn slices(&self) -> impl Iterator<Item = &Arc<SliceMeta>> {
+        self.slices.live.values()
+    }
+
+    /// Where an endpoint is: its node's place when the node is known (zone ID included), else
+    /// the zone the slice gives, in the region its name says.
+    fn endpoint_place(&self, e: &EndpointMeta) -> Option<Place> {
+        if let Some(node) = e.node.as_deref().and_then(|n| self.node(n)) {
+            if node.place.zone.is_some() || node.place.zone_id.is_some() {
+                return Some(node.place.clone());
+            }
+        }
+        let zone = e.zone.as_deref()?;
+        Some(Place {
+            zone: Some(zone.to_owned()),
+            zone_id: None,
+            region: region_of_zone(zone).map(str::to_owned),
+        })
+    }
+
+    /// The cluster tier of the classification table: every node's addresses and pod CIDRs at
+    /// the node's place, this node's pods' IPs at `own` (VPC CNI pod IPs come from the node's
+    /// subnets), and every EndpointSlice address at its endpoint's place.
+    pub fn cluster_layer(&self, own: &Place) -> Layer {
+        let mut layer = Layer::default();
+        for node in self.nodes.live.values() {
+            for ip in &node.addresses {
+                layer.add_host(PlaceSource::Nodes, *ip, &node.place);
+            }
+            for c in &node.pod_cidrs {
+                layer.add(PlaceSource::Nodes, *c, &node.place);
+            }
+        }
+        for ip in self.pod_ips.keys() {
+            layer.add_host(PlaceSource::Pods, *ip, own);
+        }
+        for slice in self.slices.live.values() {
+            for e in &slice.endpoints {
+                if let Some(place) = self.endpoint_place(e) {
+                    layer.add_host(PlaceSource::EndpointSlices, e.addr, &place);
+                }
+            }
+        }
+        layer
+    }
+
+    /// Our own place from our Node's labels, when the API knows our Node.
+    pub fn node_place(&self, own_node: Option<&str>) -> Place {
+        own_node
+            .and_then(|n| self.node(n))
+            .map(|n| n.place.clone())
+            .unwrap_or_default()
+    }
+
+    /// Nodes' ExternalIPs with their region.
+    pub fn public_addresses(&self) -> Vec<(IpAddr, Option<String>)> {
+        self.nodes
+            .live
+            .values()
+            .flat_map(|n| n.external.iter().map(|ip| (*ip, n.place.region.clone())))
+            .collect()
+    }
+
+    /// The classification table: `base` (the config's tiers, and instance metadata's and EC2's)
+    /// with the cluster tier. Our own place: what the config says, else our Node's labels, else
+    /// `fallback` (IMDS).
     pub fn topology(
         &self,
         base: &StaticTopology,
         own_node: Option<&str>,
         fallback: &Place,
     ) -> StaticTopology {
-        let node_place = own_node
-            .and_then(|n| self.node(n))
-            .map(|n| n.place.clone())
-            .unwrap_or_default();
-        let own = base.own().clone().or(node_place).or(fallback.clone());
-        let mut extra = Vec::new();
-        for node in self.nodes.live.values() {
-            for ip in &node.addresses {
-                if let Ok(c) = Cidr::new(*ip, if ip.is_ipv4() { 32 } else { 128 }) {
-                    extra.push((c, node.place.clone()));
-                }
-            }
-            for c in &node.pod_cidrs {
-                extra.push((*c, node.place.clone()));
-            }
-        }
-        for (ip, _) in self.pod_ips.iter() {
-            if let Ok(c) = Cidr::new(*ip, if ip.is_ipv4() { 32 } else { 128 }) {
-                extra.push((c, own.clone()));
-            }
-        }
-        let public: Vec<(IpAddr, Option<String>)> = self
-            .nodes
-            .live
-            .values()
-            .flat_map(|n| n.external.iter().map(|ip| (*ip, n.place.region.clone())))
-            .collect();
-        base.extended(own, extra).with_public(public)
+        let own = base
+            .own()
+            .clone()
+            .or(self.node_place(own_node))
+            .or(fallback.clone());
+        let layer = self.cluster_layer(&own);
+        base.with_own(own)
+            .with_layer(Tier::Cluster, Arc::new(layer))
+            .with_public(self.public_addresses())
     }
 }
 
@@ -678,6 +998,130 @@ mod tests {
             t.classify("10.0.16.1".parse().unwrap()),
             TrafficClass::Unplaced
         );
+    }
+
+    /// (addresses, node, zone, pod) of one endpoint.
+    type TestEndpoint<'a> = (
+        &'a [&'a str],
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+
+    fn slice(name: &str, service: Option<&str>, endpoints: Vec<TestEndpoint>) -> EndpointSlice {
+        use k8s_openapi::api::{core::v1::ObjectReference, discovery::v1::Endpoint};
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                labels: service.map(|s| [(SERVICE_NAME_LABEL.to_owned(), s.to_owned())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: endpoints
+                .into_iter()
+                .map(|(addrs, node, zone, pod)| Endpoint {
+                    addresses: addrs.iter().map(|a| a.to_string()).collect(),
+                    node_name: node.map(Into::into),
+                    zone: zone.map(Into::into),
+                    target_ref: pod.map(|p| ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some(p.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn endpointslices_place_service_backends_by_their_node_else_their_zone() {
+        let mut inv = Inventory::default();
+        inv.nodes_init();
+        for n in [
+            node("me", "us-east-1a", "use1-az1", "10.0.0.1", "10.0.1.0/24"),
+            // Another account's name for our zone.
+            node("twin", "us-east-1c", "use1-az1", "10.0.0.9", "10.0.9.0/24"),
+        ] {
+            inv.node_apply(node_meta(&n).0);
+        }
+        inv.nodes_init_done();
+        let mut names = Interner::default();
+        let s = slice(
+            "api-x1",
+            Some("api"),
+            vec![
+                // On a known node: its zone ID decides (same zone despite the name).
+                (
+                    &["10.0.40.5"],
+                    Some("twin"),
+                    Some("us-east-1c"),
+                    Some("api-1"),
+                ),
+                // Node unknown: the zone name, in the region it names.
+                (
+                    &["10.0.50.6"],
+                    Some("gone"),
+                    Some("us-east-1b"),
+                    Some("api-2"),
+                ),
+                // Neither: nothing to place it with.
+                (&["10.0.60.7"], None, None, None),
+                (&["not-an-ip"], None, None, None),
+            ],
+        );
+        let (meta, problems) = slice_meta(&s, &mut names);
+        let meta = meta.unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(meta.service.as_deref(), Some("api"));
+        assert_eq!(meta.endpoints[0].pod.as_deref(), Some("api-1"));
+        inv.slices_init();
+        inv.slice_apply(meta);
+        inv.slices_init_done();
+        assert_eq!(inv.endpoint_count(), 3);
+        let base = StaticTopology::new(Place::default(), vec![], vec![]);
+        let t = inv.topology(&base, Some("me"), &Place::default());
+        let class = |a: &str| t.classify(a.parse().unwrap());
+        assert_eq!(class("10.0.40.5"), TrafficClass::SameZone);
+        assert_eq!(class("10.0.50.6"), TrafficClass::CrossZone);
+        assert_eq!(class("10.0.60.7"), TrafficClass::Unplaced);
+        let counts: HashMap<_, _> = t.prefix_counts().collect();
+        assert_eq!(counts[&PlaceSource::EndpointSlices], 2);
+        assert_eq!(counts[&PlaceSource::Nodes], 4);
+        // The slice goes away: so do its places.
+        inv.slice_delete("shop/api-x1");
+        let t = inv.topology(&base, Some("me"), &Place::default());
+        assert_eq!(
+            t.classify("10.0.50.6".parse().unwrap()),
+            TrafficClass::Unplaced
+        );
+        // FQDN slices place nothing.
+        let mut fqdn = slice(
+            "ext",
+            Some("ext"),
+            vec![(&["db.example"], None, None, None)],
+        );
+        fqdn.address_type = "FQDN".into();
+        assert!(slice_meta(&fqdn, &mut names).0.is_none());
+    }
+
+    #[test]
+    fn aws_zone_names_give_their_region() {
+        for (zone, region) in [
+            ("us-east-1a", Some("us-east-1")),
+            ("eu-central-2c", Some("eu-central-2")),
+            ("us-gov-west-1b", Some("us-gov-west-1")),
+            ("us-east-1-bos-1a", Some("us-east-1")),
+            ("us-east-1-wl1-bos-wlz-1", Some("us-east-1")),
+            ("zone-a", None),
+            ("", None),
+            ("us-east-1ab", None),
+            ("US-EAST-1a", None),
+        ] {
+            assert_eq!(region_of_zone(zone), region, "{zone}");
+        }
     }
 
     #[test]

@@ -18,11 +18,8 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, PoisonError,
-    },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{Arc, PoisonError},
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt as _;
@@ -30,6 +27,7 @@ use k8s_openapi::api::{
     apps::v1::ReplicaSet,
     batch::v1::Job,
     core::v1::{Node, Pod},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     api::Api,
@@ -41,78 +39,17 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use crate::{
     config::KubernetesConfig,
     inventory::{
-        controller_of, direct_workload, node_meta, pod_meta, Inventory, OwnerRef, SharedInventory,
-        Workload,
+        controller_of, direct_workload, node_meta, pod_meta, slice_key, slice_meta, Interner,
+        Inventory, KubeHealth, OwnerRef, SharedInventory, WatchHealth, Workload,
     },
     metrics::{Metrics, ResourceLabels},
     pipeline::KubeView,
 };
 
-/// A watch counts as current again when no error came for this long (longer than the longest
-/// backoff), or at its next event.
-const ERROR_QUIET: Duration = Duration::from_secs(35);
 /// Owner GETs that take longer than this fall back to what the pod itself says.
 const OWNER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cached owner answers kept at most (pods of one node reference far fewer owners).
 const OWNER_CACHE: usize = 4096;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Whether one watch has listed everything and is current.
-#[derive(Debug, Default)]
-pub struct WatchHealth {
-    listed: AtomicBool,
-    last_error_ms: AtomicU64,
-    last_event_ms: AtomicU64,
-}
-
-impl WatchHealth {
-    fn error(&self) {
-        self.last_error_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    fn event(&self) {
-        self.last_event_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    fn listed(&self) {
-        self.listed.store(true, Ordering::Relaxed);
-        self.event();
-    }
-
-    pub fn synced(&self) -> bool {
-        if !self.listed.load(Ordering::Relaxed) {
-            return false;
-        }
-        let error = self.last_error_ms.load(Ordering::Relaxed);
-        error == 0
-            || error < self.last_event_ms.load(Ordering::Relaxed)
-            || now_ms().saturating_sub(error) > ERROR_QUIET.as_millis() as u64
-    }
-}
-
-/// The state of both watches, for `/readyz` and the metrics.
-#[derive(Debug, Default)]
-pub struct KubeHealth {
-    pub pods: WatchHealth,
-    pub nodes: WatchHealth,
-}
-
-impl KubeHealth {
-    pub fn synced(&self) -> bool {
-        self.pods.synced() && self.nodes.synced()
-    }
-
-    /// What is not synced, for the `/readyz` body.
-    pub fn describe(&self) -> String {
-        let state = |w: &WatchHealth| if w.synced() { "synced" } else { "not synced" };
-        format!("pods {}, nodes {}", state(&self.pods), state(&self.nodes))
-    }
-}
 
 /// A client for the configured API server, or the in-cluster / kubeconfig one.
 pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {
@@ -154,18 +91,28 @@ pub async fn start(
         metrics.clone(),
     ));
     tokio::spawn(watch_nodes(
-        client,
+        client.clone(),
         node_name.clone(),
         config.watch_nodes,
         inventory.clone(),
         health.clone(),
         metrics.clone(),
     ));
-    tracing::info!(node = %node_name, api = ?config.api_server, all_nodes = config.watch_nodes, "watching this node's pods and the nodes");
+    if config.watch_endpointslices {
+        tokio::spawn(watch_endpointslices(
+            client,
+            inventory.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
+    }
+    tracing::info!(node = %node_name, api = ?config.api_server, all_nodes = config.watch_nodes, endpointslices = config.watch_endpointslices, "watching this node's pods and the nodes");
     let view = KubeView {
         inventory,
         node_name,
         watch_nodes: config.watch_nodes,
+        watch_endpointslices: config.watch_endpointslices,
+        health: health.clone(),
     };
     Ok((view, health))
 }
@@ -389,6 +336,62 @@ pub async fn watch_nodes(
         }
         state.applied(read(&inventory).node_count());
     }
+}
+
+/// Watches every EndpointSlice into the inventory until the process ends, as kube-proxy does on
+/// every node: each endpoint's address with its node and zone places Service backends (headless
+/// ones included) that no Node address or pod CIDR covers, as with the VPC CNI.
+pub async fn watch_endpointslices(
+    client: Client,
+    inventory: SharedInventory,
+    health: Arc<KubeHealth>,
+    metrics: Metrics,
+) {
+    let api: Api<EndpointSlice> = Api::all(client);
+    let mut stream = watcher(api, paged(watcher::Config::default()))
+        .default_backoff()
+        .boxed();
+    let mut state = WatchLoop::new("endpointslices", &health.endpointslices, &metrics);
+    let mut names = Interner::default();
+    let mut last_problem_log: Option<Instant> = None;
+    while let Some(item) = stream.next().await {
+        let Some(event) = state.accept(item) else {
+            continue;
+        };
+        match event {
+            watcher::Event::Init => write(&inventory).slices_init(),
+            watcher::Event::InitApply(slice) | watcher::Event::Apply(slice) => {
+                let (meta, problems) = slice_meta(&slice, &mut names);
+                if !problems.is_empty()
+                    && last_problem_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    last_problem_log = Some(Instant::now());
+                    tracing::warn!(slice = %slice.name_any(), problems = ?problems, "EndpointSlice fields skipped");
+                }
+                match meta {
+                    Some(meta) => write(&inventory).slice_apply(meta),
+                    // A slice that became FQDN-typed (or lost its name) places nothing.
+                    None => write(&inventory).slice_delete(&key_of(&slice)),
+                }
+            }
+            watcher::Event::Delete(slice) => write(&inventory).slice_delete(&key_of(&slice)),
+            watcher::Event::InitDone => {
+                write(&inventory).slices_init_done();
+                health.endpointslices.listed();
+                let inv = read(&inventory);
+                tracing::info!(
+                    slices = inv.slice_count(),
+                    endpoints = inv.endpoint_count(),
+                    "EndpointSlice inventory synced"
+                );
+            }
+        }
+        state.applied(read(&inventory).slice_count());
+    }
+}
+
+fn key_of(slice: &EndpointSlice) -> String {
+    slice_key(&slice.namespace().unwrap_or_default(), &slice.name_any())
 }
 
 fn write(inventory: &SharedInventory) -> std::sync::RwLockWriteGuard<'_, Inventory> {

@@ -5,13 +5,13 @@
 //! [`topology`] classifies remote addresses, [`metrics`] and [`server`] expose the result, and
 //! [`pipeline`] runs the steps in that order.
 
+pub mod aws;
 pub mod bpf_sys;
 pub mod checkpoint;
 pub mod config;
 pub mod conntrack;
 pub mod drain;
 pub mod identity;
-pub mod imds;
 pub mod inventory;
 pub mod k8s;
 pub mod kernel;

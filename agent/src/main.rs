@@ -6,17 +6,17 @@ use std::{
 };
 
 use agent::{
+    aws::{self, AwsOptions, CloudFacts, SourcesSummary},
     checkpoint::{CheckpointStore, MapsIdentity, StartTotals},
     config::{CgroupRoot, Config, ConntrackMode},
     drain::Drainer,
     identity::{find_cgroup2_mount, CgroupResolver},
-    imds, k8s, kernel,
+    k8s, kernel,
     metrics::{MapLabels, Metrics, StartLabels},
     nat::{self, NatTable, ResolverOptions},
     pipeline::{Pipeline, PipelineOptions},
     route::Router,
     server::{self, Health},
-    topology::Place,
 };
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
@@ -247,19 +247,40 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let registry = Arc::new(registry);
 
-    // Our own place when neither the config nor our Node says it: IMDS, fetched in the
-    // background (bytes to private addresses are held until a place is known).
-    let fallback_place = Arc::new(std::sync::RwLock::new(Place::default()));
-    if config.imds.enabled {
-        tokio::spawn(imds::fill_place(
-            config.imds.clone(),
-            fallback_place.clone(),
+    // What AWS says (our place when neither the config nor our Node says it, our subnets,
+    // every subnet of the VPC), fetched in the background; bytes to private addresses are held
+    // until each source has answered once.
+    let kube_on = config.kubernetes.enabled(k8s::in_cluster());
+    let cloud = Arc::new(std::sync::RwLock::new(CloudFacts::starting(
+        config.imds.enabled,
+    )));
+    let summary = SourcesSummary {
+        config_prefixes: config.topology.prefix_counts().map(|(_, n)| n).sum(),
+        nodes: kube_on,
+        endpointslices: kube_on && config.kubernetes.watch_endpointslices,
+        imds: config.imds.enabled,
+    };
+    if config.imds.enabled || config.ec2.vpc_id.is_some() {
+        tokio::spawn(aws::run(
+            AwsOptions {
+                imds: config.imds.clone(),
+                ec2: config.ec2.clone(),
+                region: config.topology.own().region.clone(),
+                env: aws::credentials::process_env(),
+                summary,
+            },
+            cloud.clone(),
+            metrics.aws_errors.clone(),
+        ));
+    } else {
+        summary.log(Err(
+            "instance metadata is off and ec2.vpc_id is not set".into()
         ));
     }
 
     let nat_table = start_conntrack(&config, translated, &metrics)?;
 
-    let (kube_view, kube_health) = if config.kubernetes.enabled(k8s::in_cluster()) {
+    let (kube_view, kube_health) = if kube_on {
         let (view, health) = k8s::start(&config.kubernetes, &metrics).await?;
         (Some(view), Some(health))
     } else {
@@ -276,7 +297,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         drainer,
         resolver,
         config.topology.clone(),
-        fallback_place,
+        cloud,
         kube_view,
         metrics.clone(),
         PipelineOptions {

@@ -248,6 +248,21 @@ pub struct Metrics {
     pub checkpoint_errors: Counter,
     pub checkpoint_size: Gauge,
     pub start_info: Family<StartLabels, Gauge>,
+    pub topology_prefixes: Family<SourceLabels, Gauge>,
+    pub topology_source_up: Family<SourceLabels, Gauge>,
+    pub aws_errors: Family<AwsLabels, Counter>,
+}
+
+/// A source of the classification table (`topology::PlaceSource`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+/// An AWS endpoint the agent talks to: `imds`, `ec2`, `credentials`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsLabels {
+    pub service: &'static str,
 }
 
 /// How this agent started: whether it took over the kernel's maps and its predecessor's totals.
@@ -430,6 +445,9 @@ impl Metrics {
             checkpoint_errors: Counter::default(),
             checkpoint_size: Gauge::default(),
             start_info: Family::default(),
+            topology_prefixes: Family::default(),
+            topology_source_up: Family::default(),
+            aws_errors: Family::default(),
         };
         m.kubecost.register(registry);
         let r = registry.sub_registry_with_prefix("netcost");
@@ -619,6 +637,21 @@ impl Metrics {
             "start_info",
             "How the agent started: maps created, adopted or replaced; totals restored or reset; pinned or not (value is always 1)",
             m.start_info.clone(),
+        );
+        r.register(
+            "topology_prefixes",
+            "Prefixes that place remote addresses, by source (config, instance_metadata, ec2, nodes, pods, endpointslices); an earlier source outranks a later one",
+            m.topology_prefixes.clone(),
+        );
+        r.register(
+            "topology_source_up",
+            "1 when a source of the classification table is on and its last answer succeeded",
+            m.topology_source_up.clone(),
+        );
+        r.register(
+            "aws_errors",
+            "Failed requests to AWS (imds, ec2, credentials); the last good answer stays in use",
+            m.aws_errors.clone(),
         );
         m.build_info
             .get_or_create(&BuildLabels {

@@ -9,13 +9,14 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, PoisonError},
     time::{Duration, Instant},
 };
 
 use agent_common::{Counter, FlowKey, FAMILY_IPV4};
 
 use crate::{
+    aws::{SharedCloud, SourceState},
     checkpoint::{
         Checkpoint, CheckpointStore, Counters, HeldBytes, KubecostTotal, MapsIdentity,
         PendingConnection, TrafficTotal,
@@ -24,17 +25,21 @@ use crate::{
     identity::{CgroupResolver, Identity},
     inventory::{Inventory, PodMeta, SharedInventory},
     metrics::{
-        Direction, DirectionLabels, KubecostLabels, Metrics, Owner, PodLabels, TrafficLabels,
+        Direction, DirectionLabels, KubecostLabels, Metrics, Owner, PodLabels, SourceLabels,
+        TrafficLabels,
     },
     nat::{self, NatTable, Resolution, SharedNat},
     prices::{Overrides, PriceTable, Prices},
     route::{Destination, Router},
-    topology::{Place, StaticTopology, TrafficClass},
+    topology::{Layer, PlaceSource, StaticTopology, Tier, TrafficClass},
 };
 
 /// How often the cgroup tree is walked even when no unknown id shows up: new pods get their zero
 /// series and gone pods start their grace period.
 const CGROUP_REFRESH: Duration = Duration::from_secs(10);
+/// How long bytes wait for an optional source (EndpointSlices) that fails without ever having
+/// listed (e.g. a ClusterRole without `endpointslices`): then they are classified without it.
+const OPTIONAL_PATIENCE: Duration = Duration::from_secs(30);
 /// Most (identity, remote, direction) entries held at once; beyond it bytes are attributed with
 /// what is known rather than held (and counted in `netcost_hold_expired_bytes_total`).
 const HOLD_CAPACITY: usize = 65_536;
@@ -63,6 +68,9 @@ pub struct KubeView {
     pub node_name: String,
     /// Whether other nodes are watched (else only the config's prefixes place addresses).
     pub watch_nodes: bool,
+    /// Whether EndpointSlices are watched (they place Service backends).
+    pub watch_endpointslices: bool,
+    pub health: Arc<crate::inventory::KubeHealth>,
 }
 
 pub struct PipelineOptions {
@@ -108,16 +116,22 @@ struct Series {
     gone_since: Option<Instant>,
 }
 
+/// What the classification table was built from: the inventory's generations (nodes, pods,
+/// EndpointSlices) and the cloud facts' generation.
+type TopologyKey = (Option<(u64, u64, u64)>, u64);
+
 pub struct Pipeline<B> {
     drainer: Drainer<B>,
     resolver: CgroupResolver,
     /// The config's topology.
     base: StaticTopology,
-    /// Our own place from outside the config and the API (IMDS), filled in asynchronously.
-    fallback_place: Arc<RwLock<Place>>,
+    /// What instance metadata and EC2 say (our place, subnets), filled in asynchronously.
+    cloud: SharedCloud,
+    /// The AWS tier built from `cloud`, and the generation it was built from.
+    aws_layer: (u64, Arc<Layer>),
     kube: Option<KubeView>,
     topology: StaticTopology,
-    topology_key: Option<(Option<(u64, u64)>, Place)>,
+    topology_key: Option<TopologyKey>,
     metrics: Metrics,
     series: HashMap<String, Series>,
     /// Label sets of series without a pod (node, unknown): few, and never removed.
@@ -136,7 +150,7 @@ impl<B: CountingBuffers> Pipeline<B> {
         drainer: Drainer<B>,
         resolver: CgroupResolver,
         base: StaticTopology,
-        fallback_place: Arc<RwLock<Place>>,
+        cloud: SharedCloud,
         kube: Option<KubeView>,
         metrics: Metrics,
         options: PipelineOptions,
@@ -146,7 +160,8 @@ impl<B: CountingBuffers> Pipeline<B> {
             resolver,
             topology: base.clone(),
             base,
-            fallback_place,
+            cloud,
+            aws_layer: (u64::MAX, Arc::default()),
             kube,
             topology_key: None,
             metrics,
@@ -496,27 +511,93 @@ impl<B: CountingBuffers> Pipeline<B> {
         self.attribute(inventory, key, counter, since, now);
     }
 
-    /// Rebuilds the classification table when the nodes, this node's pods or our own place
-    /// changed.
+    /// Rebuilds the classification table when the nodes, this node's pods, the EndpointSlices
+    /// or what AWS says (our place, subnets) changed.
     fn refresh_topology(&mut self, inventory: Option<&Inventory>) {
-        let fallback = self
-            .fallback_place
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let shared = self.cloud.clone();
+        let cloud = shared.read().unwrap_or_else(PoisonError::into_inner);
         let key = (
-            inventory.map(|i| (i.nodes_generation(), i.pods_generation())),
-            fallback.clone(),
+            inventory.map(|i| {
+                (
+                    i.nodes_generation(),
+                    i.pods_generation(),
+                    i.slices_generation(),
+                )
+            }),
+            cloud.generation,
         );
+        self.refresh_source_health(inventory, cloud.imds, cloud.ec2);
         if self.topology_key.as_ref() == Some(&key) {
             return;
         }
+        if self.aws_layer.0 != cloud.generation {
+            self.aws_layer = (cloud.generation, Arc::new(cloud.layer()));
+        }
+        let base = self
+            .base
+            .clone()
+            .with_vpc(cloud.network.vpc_cidrs.iter().copied())
+            .with_layer(Tier::Aws, self.aws_layer.1.clone());
+        let fallback = cloud.place.clone();
+        drop(cloud);
         self.topology = match (inventory, &self.kube) {
-            (Some(inv), Some(kube)) => inv.topology(&self.base, Some(&kube.node_name), &fallback),
-            _ => self.base.extended(self.base.own().clone().or(fallback), []),
+            (Some(inv), Some(kube)) => inv.topology(&base, Some(&kube.node_name), &fallback),
+            _ => base.with_own(self.base.own().clone().or(fallback)),
         };
+        for (source, n) in self.topology.prefix_counts() {
+            self.metrics
+                .topology_prefixes
+                .get_or_create(&SourceLabels {
+                    source: source.as_str(),
+                })
+                .set(n as i64);
+        }
         self.topology_key = Some(key);
         self.refresh_prices();
+    }
+
+    /// `netcost_topology_source_up`: each source on and answering.
+    fn refresh_source_health(
+        &self,
+        inventory: Option<&Inventory>,
+        imds: SourceState,
+        ec2: SourceState,
+    ) {
+        let kube = self.kube.as_ref();
+        let watched = |on: bool, synced: bool| on && synced;
+        for (source, up) in [
+            (PlaceSource::Config, true),
+            (PlaceSource::InstanceMetadata, imds == SourceState::Up),
+            (PlaceSource::Ec2, ec2 == SourceState::Up),
+            (
+                PlaceSource::Nodes,
+                watched(
+                    kube.is_some(),
+                    inventory.is_some_and(Inventory::nodes_synced),
+                ),
+            ),
+            (
+                PlaceSource::Pods,
+                watched(
+                    kube.is_some(),
+                    inventory.is_some_and(Inventory::pods_synced),
+                ),
+            ),
+            (
+                PlaceSource::EndpointSlices,
+                watched(
+                    kube.is_some_and(|k| k.watch_endpointslices),
+                    inventory.is_some_and(Inventory::slices_synced),
+                ),
+            ),
+        ] {
+            self.metrics
+                .topology_source_up
+                .get_or_create(&SourceLabels {
+                    source: source.as_str(),
+                })
+                .set(i64::from(up));
+        }
     }
 
     /// Prices for our region, when it is first known or changes. A region the table does not
@@ -544,14 +625,21 @@ impl<B: CountingBuffers> Pipeline<B> {
         }
     }
 
-    /// Whether a private address can be placed now: we know our zone and, if nodes are
-    /// watched, the node list is complete.
+    /// Whether a private address can be placed now: we know our zone, and every source that
+    /// may place it has answered once — the node list (if nodes are watched), the EndpointSlices
+    /// (if watched; given up on after `OPTIONAL_PATIENCE` of errors), instance metadata and
+    /// EC2 (their first attempt, success or not).
     fn topology_ready(&self, inventory: Option<&Inventory>) -> bool {
-        let nodes_ready = match (&self.kube, inventory) {
-            (Some(k), Some(inv)) => !k.watch_nodes || inv.nodes_synced(),
+        let kube_ready = match (&self.kube, inventory) {
+            (Some(k), Some(inv)) => {
+                (!k.watch_nodes || inv.nodes_synced())
+                    && (!k.watch_endpointslices
+                        || k.health.endpointslices.settled(OPTIONAL_PATIENCE))
+            }
             _ => true,
         };
-        nodes_ready && self.topology.own().is_placed()
+        let cloud = self.cloud.read().unwrap_or_else(PoisonError::into_inner);
+        kube_ready && cloud.imds.settled() && cloud.ec2.settled() && self.topology.own().is_placed()
     }
 
     /// The labels a pod's bytes go to: from the API, or from the series of a pod that was just
@@ -767,6 +855,7 @@ pub fn labels_of(pod: &PodMeta) -> PodLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::Place;
     use crate::{
         inventory::{PodMeta, Workload},
         metrics::{encode, Format},
@@ -774,6 +863,7 @@ mod tests {
     use agent_common::{FlowKey, OverflowKey, DIRECTION_EGRESS, FAMILY_IPV6};
     use prometheus_client::registry::Registry;
     use std::os::unix::fs::MetadataExt as _;
+    use std::sync::RwLock;
 
     /// Buffers that hand out whatever the test queued, once.
     #[derive(Default)]
@@ -856,11 +946,13 @@ mod tests {
             Drainer::resume(Queue::default(), None).unwrap().0,
             CgroupResolver::new(dir.clone(), Duration::from_secs(600)),
             base,
-            Arc::new(RwLock::new(Place::default())),
+            Arc::new(RwLock::new(crate::aws::CloudFacts::default())),
             Some(KubeView {
                 inventory: inventory.clone(),
                 node_name: "node-a".into(),
                 watch_nodes: false,
+                watch_endpointslices: false,
+                health: Default::default(),
             }),
             metrics,
             PipelineOptions {

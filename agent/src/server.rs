@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::{
-    k8s::KubeHealth,
+    inventory::KubeHealth,
     metrics::{encode, Format},
 };
 

@@ -4,7 +4,7 @@
 //! Topology is a source behind one trait: today a config file (`StaticTopology`); the Kubernetes
 //! Node inventory plugs in behind the same trait.
 
-use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr};
+use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr, sync::Arc};
 
 /// The traffic classes netcost reports, in the order AWS prices them.
 #[derive(
@@ -277,9 +277,98 @@ impl<T> PrefixTable<T> {
     }
 }
 
-/// A table of prefixes → places, our own place, and the private ranges that are never internet.
-/// Built from the config file, and rebuilt with the Kubernetes Nodes (their addresses and pod
-/// CIDRs) when those change.
+/// Who placed a prefix. Sources are grouped in tiers of authority: what the operator wrote
+/// (config), what AWS says of its own subnets (instance metadata, EC2), and what the cluster
+/// says of its members (Nodes, this node's pods, EndpointSlices). The first tier that places an
+/// address decides (longest prefix within the tier): a subnet is single-zone by AWS's rules, so
+/// it outranks anything the cluster derives, and the operator outranks both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PlaceSource {
+    Config,
+    InstanceMetadata,
+    Ec2,
+    Nodes,
+    Pods,
+    EndpointSlices,
+}
+
+impl PlaceSource {
+    pub const ALL: [PlaceSource; 6] = [
+        PlaceSource::Config,
+        PlaceSource::InstanceMetadata,
+        PlaceSource::Ec2,
+        PlaceSource::Nodes,
+        PlaceSource::Pods,
+        PlaceSource::EndpointSlices,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlaceSource::Config => "config",
+            PlaceSource::InstanceMetadata => "instance_metadata",
+            PlaceSource::Ec2 => "ec2",
+            PlaceSource::Nodes => "nodes",
+            PlaceSource::Pods => "pods",
+            PlaceSource::EndpointSlices => "endpointslices",
+        }
+    }
+
+    /// The tier a source belongs to (its index in `StaticTopology::tiers`).
+    pub fn tier(self) -> Tier {
+        match self {
+            PlaceSource::Config => Tier::Config,
+            PlaceSource::InstanceMetadata | PlaceSource::Ec2 => Tier::Aws,
+            PlaceSource::Nodes | PlaceSource::Pods | PlaceSource::EndpointSlices => Tier::Cluster,
+        }
+    }
+}
+
+/// Tiers of authority, highest first (see `PlaceSource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Config = 0,
+    Aws = 1,
+    Cluster = 2,
+}
+
+/// The prefixes of one tier, with how many each source put there. Places are shared (`Arc`):
+/// thousands of prefixes point at a handful of zones.
+#[derive(Clone, Debug, Default)]
+pub struct Layer {
+    table: PrefixTable<Arc<Place>>,
+    counts: HashMap<PlaceSource, usize>,
+    interned: HashMap<Place, Arc<Place>>,
+}
+
+impl Layer {
+    /// Adds a prefix; for an equal prefix the first added wins.
+    pub fn add(&mut self, source: PlaceSource, cidr: Cidr, place: &Place) {
+        let place = match self.interned.get(place) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(place.clone());
+                self.interned.insert(place.clone(), p.clone());
+                p
+            }
+        };
+        self.table.insert(cidr, place);
+        *self.counts.entry(source).or_default() += 1;
+    }
+
+    /// A single address (an IPv4 /32 or IPv6 /128).
+    pub fn add_host(&mut self, source: PlaceSource, addr: IpAddr, place: &Place) {
+        self.add(source, Cidr::host(addr), place);
+    }
+
+    pub fn count(&self, source: PlaceSource) -> usize {
+        self.counts.get(&source).copied().unwrap_or(0)
+    }
+}
+
+/// A table of prefixes → places in tiers (see `PlaceSource`), our own place, and the ranges that
+/// are never the internet (the private ranges, and the VPC's own, which may be public IPv4 or
+/// IPv6 GUA). Built from the config file, then rebuilt tier by tier when instance metadata, EC2
+/// or the Kubernetes inventory change.
 ///
 /// Lookups go by prefix length, longest first, one hash probe per distinct length: a cluster of
 /// thousands of nodes gives tens of thousands of prefixes but only a handful of lengths.
@@ -287,11 +376,9 @@ impl<T> PrefixTable<T> {
 pub struct StaticTopology {
     own: Place,
     vpc: Vec<Cidr>,
-    places: PrefixTable<Place>,
-    /// Every entry in the order given, to extend the table later.
-    entries: Vec<(Cidr, Place)>,
+    tiers: [Arc<Layer>; 3],
     /// Public addresses of our own region (nodes' ExternalIPs): `RegionalPublic`.
-    regional_public: std::collections::HashSet<IpAddr>,
+    regional_public: Arc<std::collections::HashSet<IpAddr>>,
 }
 
 /// Ranges that are never the internet.
@@ -304,24 +391,19 @@ const PRIVATE: [&str; 5] = [
 ];
 
 impl StaticTopology {
+    /// The config's topology: our place as far as the config says it, the VPC ranges it lists
+    /// and its prefixes.
     pub fn new(own: Place, mut vpc: Vec<Cidr>, entries: Vec<(Cidr, Place)>) -> StaticTopology {
         vpc.extend(PRIVATE.iter().filter_map(|c| c.parse::<Cidr>().ok()));
-        let mut t = StaticTopology {
+        let mut config = Layer::default();
+        for (cidr, place) in &entries {
+            config.add(PlaceSource::Config, *cidr, place);
+        }
+        StaticTopology {
             own,
             vpc,
-            places: PrefixTable::default(),
-            entries: Vec::new(),
+            tiers: [Arc::new(config), Arc::default(), Arc::default()],
             regional_public: Default::default(),
-        };
-        t.add(entries);
-        t
-    }
-
-    fn add(&mut self, entries: impl IntoIterator<Item = (Cidr, Place)>) {
-        for (cidr, place) in entries {
-            // For equal prefixes the first source (the config file) wins.
-            self.places.insert(cidr, place.clone());
-            self.entries.push((cidr, place));
         }
     }
 
@@ -329,18 +411,39 @@ impl StaticTopology {
         &self.own
     }
 
-    /// A copy with another own place and more entries (the config's entries first, so they win
-    /// over equal prefixes learned elsewhere).
-    pub fn extended(&self, own: Place, extra: impl IntoIterator<Item = (Cidr, Place)>) -> Self {
-        let mut t = StaticTopology {
+    /// A copy with another own place.
+    pub fn with_own(&self, own: Place) -> Self {
+        StaticTopology {
             own,
-            vpc: self.vpc.clone(),
-            places: self.places.clone(),
-            entries: self.entries.clone(),
-            regional_public: self.regional_public.clone(),
-        };
-        t.add(extra);
-        t
+            ..self.clone()
+        }
+    }
+
+    /// A copy whose tier `tier` is `layer` (the config tier is the config's own).
+    pub fn with_layer(mut self, tier: Tier, layer: Arc<Layer>) -> Self {
+        self.tiers[tier as usize] = layer;
+        self
+    }
+
+    /// A copy with more never-internet ranges (the VPC's own, from instance metadata).
+    pub fn with_vpc(mut self, ranges: impl IntoIterator<Item = Cidr>) -> Self {
+        for c in ranges {
+            if !self.vpc.contains(&c) {
+                self.vpc.push(c);
+            }
+        }
+        self
+    }
+
+    /// A copy with another own place and more cluster entries (the config's entries outrank
+    /// them, see `PlaceSource`).
+    pub fn extended(&self, own: Place, extra: impl IntoIterator<Item = (Cidr, Place)>) -> Self {
+        let mut layer = (*self.tiers[Tier::Cluster as usize]).clone();
+        for (cidr, place) in extra {
+            layer.add(PlaceSource::Nodes, cidr, &place);
+        }
+        self.with_own(own)
+            .with_layer(Tier::Cluster, Arc::new(layer))
     }
 
     /// Marks public addresses (nodes' ExternalIPs) of `region`; those of our own region become
@@ -349,20 +452,29 @@ impl StaticTopology {
         mut self,
         addrs: impl IntoIterator<Item = (IpAddr, Option<String>)>,
     ) -> Self {
+        let mut set = (*self.regional_public).clone();
         for (addr, region) in addrs {
             if region.is_some() && region == self.own.region {
-                self.regional_public.insert(addr);
+                set.insert(addr);
             }
         }
+        self.regional_public = Arc::new(set);
         self
     }
 
-    pub fn entries(&self) -> usize {
-        self.entries.len()
+    /// Prefixes placed by each source.
+    pub fn prefix_counts(&self) -> impl Iterator<Item = (PlaceSource, usize)> + '_ {
+        PlaceSource::ALL
+            .into_iter()
+            .map(|s| (s, self.tiers[s.tier() as usize].count(s)))
     }
 
+    /// The place of the first tier that places `addr` (longest prefix within it).
     pub fn lookup(&self, addr: IpAddr) -> Option<&Place> {
-        self.places.lookup(addr)
+        self.tiers
+            .iter()
+            .find_map(|t| t.table.lookup(addr))
+            .map(|p| &**p)
     }
 }
 
@@ -537,6 +649,65 @@ mod tests {
         assert_eq!(
             t.classify("10.0.17.1".parse().unwrap()),
             TrafficClass::SameZone
+        );
+    }
+
+    #[test]
+    fn a_higher_tier_decides_whatever_a_lower_one_says() {
+        // The cluster says 10.0.16.5 is in our zone (e.g. a stale endpoint); the config says
+        // its subnet is us-east-1b; AWS says 10.0.32.0/20 is us-east-1c.
+        let mut cluster = Layer::default();
+        for a in ["10.0.16.5", "10.0.32.7", "10.0.99.1"] {
+            cluster.add_host(
+                PlaceSource::EndpointSlices,
+                a.parse().unwrap(),
+                &Place::zone("us-east-1a", "us-east-1"),
+            );
+        }
+        let mut aws = Layer::default();
+        aws.add(
+            PlaceSource::Ec2,
+            "10.0.32.0/20".parse().unwrap(),
+            &Place::zone("us-east-1c", "us-east-1"),
+        );
+        aws.add(
+            PlaceSource::Ec2,
+            "10.0.16.0/20".parse().unwrap(),
+            &Place::zone("us-east-1a", "us-east-1"),
+        );
+        let t = topo()
+            .with_layer(Tier::Cluster, Arc::new(cluster))
+            .with_layer(Tier::Aws, Arc::new(aws));
+        let class = |a: &str| t.classify(a.parse().unwrap());
+        assert_eq!(
+            class("10.0.16.5"),
+            TrafficClass::CrossZone,
+            "config outranks AWS and the cluster"
+        );
+        assert_eq!(
+            class("10.0.32.7"),
+            TrafficClass::CrossZone,
+            "AWS outranks the cluster"
+        );
+        assert_eq!(
+            class("10.0.99.1"),
+            TrafficClass::SameZone,
+            "the cluster places what no one else does"
+        );
+        let counts: HashMap<_, _> = t.prefix_counts().collect();
+        assert_eq!(counts[&PlaceSource::Config], 6);
+        assert_eq!(counts[&PlaceSource::Ec2], 2);
+        assert_eq!(counts[&PlaceSource::EndpointSlices], 3);
+        // A VPC range that is not private (an IPv6 GUA block) is never internet.
+        let v6 = "2600:1f18:aaaa::/56".parse().unwrap();
+        assert_eq!(
+            t.classify("2600:1f18:aaaa::9".parse().unwrap()),
+            TrafficClass::Internet
+        );
+        let t = t.with_vpc([v6]);
+        assert_eq!(
+            t.classify("2600:1f18:aaaa::9".parse().unwrap()),
+            TrafficClass::Unplaced
         );
     }
 

@@ -127,22 +127,34 @@ impl Agent {
     /// Starts the agent with `config` (YAML without `listen`, which is added) and waits until it
     /// is ready (programs attached, one drain done, inventory synced if it uses the API).
     pub fn start(name: &str, config: &str) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/readyz", &[])
+        Agent::start_waiting_for(name, config, "/readyz", &[], &[])
+    }
+
+    /// Starts the agent with these environment variables (e.g. AWS credentials and endpoint
+    /// overrides) and waits until it is ready.
+    pub fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Result<Agent> {
+        Agent::start_waiting_for(name, config, "/readyz", &[], env)
     }
 
     /// Starts the agent through `wrapper` (a command that ends by running the argv it is given,
     /// e.g. `setpriv … --`), and waits until it is ready.
     pub fn start_wrapped(name: &str, config: &str, wrapper: &[&str]) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/readyz", wrapper)
+        Agent::start_waiting_for(name, config, "/readyz", wrapper, &[])
     }
 
     /// Starts the agent and waits only until it is alive (`/healthz`): for tests where its
     /// Kubernetes API is not there yet.
     pub fn start_unready(name: &str, config: &str) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/healthz", &[])
+        Agent::start_waiting_for(name, config, "/healthz", &[], &[])
     }
 
-    fn start_waiting_for(name: &str, config: &str, probe: &str, wrapper: &[&str]) -> Result<Agent> {
+    fn start_waiting_for(
+        name: &str,
+        config: &str,
+        probe: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let port = free_port()?;
         let dir = std::env::temp_dir();
         let config_path = dir.join(format!("nct-{name}.yaml"));
@@ -171,6 +183,7 @@ impl Agent {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -33,7 +33,7 @@ use std::{
         Arc, Condvar, Mutex, MutexGuard,
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -1378,6 +1378,54 @@ pub fn node_json(
     })
 }
 
+/// One endpoint of an EndpointSlice: its addresses, node, zone and pod.
+pub struct EndpointSpec<'a> {
+    pub addresses: &'a [&'a str],
+    pub node: Option<&'a str>,
+    pub zone: Option<&'a str>,
+    pub pod: Option<&'a str>,
+}
+
+/// An EndpointSlice of Service `service` (`None`: a slice of no Service) as the EndpointSlice
+/// controller writes it.
+pub fn endpointslice_json(
+    namespace: &str,
+    name: &str,
+    service: Option<&str>,
+    address_type: &str,
+    endpoints: &[EndpointSpec],
+) -> Value {
+    let mut labels =
+        json!({"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"});
+    if let Some(s) = service {
+        labels["kubernetes.io/service-name"] = s.into();
+    }
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|e| {
+            let mut v = json!({"addresses": e.addresses, "conditions": {"ready": true, "serving": true, "terminating": false}});
+            if let Some(n) = e.node {
+                v["nodeName"] = n.into();
+            }
+            if let Some(z) = e.zone {
+                v["zone"] = z.into();
+            }
+            if let Some(p) = e.pod {
+                v["targetRef"] = json!({"kind": "Pod", "namespace": namespace, "name": p, "uid": uid_for(p)});
+            }
+            v
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "addressType": address_type,
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 5001, "protocol": "TCP"}],
+    })
+}
+
 /// A ReplicaSet controlled by Deployment `deployment`.
 pub fn replicaset_json(namespace: &str, name: &str, deployment: &str) -> Value {
     json!({
@@ -1401,26 +1449,7 @@ pub fn job_json(namespace: &str, name: &str, cronjob: &str) -> Value {
 }
 
 fn rfc3339_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::rfc3339(SystemTime::now())
 }
 
 #[cfg(test)]

@@ -117,16 +117,7 @@ pub fn cluster(node: &SimNode, state: &ApiState, with: &[&str]) {
     ] {
         state.apply("/api/v1", "nodes", n);
     }
-    state.apply(
-        "/apis/apps/v1",
-        "replicasets",
-        replicaset_json("shop", "cart-7d9f8c", "cart"),
-    );
-    state.apply(
-        "/apis/batch/v1",
-        "jobs",
-        job_json("reports", "report-28912345", "report"),
-    );
+    owners(state);
     state.apply(
         "/api/v1",
         "pods",
@@ -146,6 +137,20 @@ pub fn cluster(node: &SimNode, state: &ApiState, with: &[&str]) {
     for pod in with {
         add_pod(node, state, pod);
     }
+}
+
+/// The ReplicaSet and Job that own this node's pods (they name the Deployment and CronJob).
+pub fn owners(state: &ApiState) {
+    state.apply(
+        "/apis/apps/v1",
+        "replicasets",
+        replicaset_json("shop", "cart-7d9f8c", "cart"),
+    );
+    state.apply(
+        "/apis/batch/v1",
+        "jobs",
+        job_json("reports", "report-28912345", "report"),
+    );
 }
 
 pub fn add_pod(node: &SimNode, state: &ApiState, name: &str) {

@@ -112,22 +112,49 @@ fn pod_uid(i: u32) -> String {
     format!("1e57c0de-0000-4000-8000-{i:012}")
 }
 
-fn class_filters(direction: &str, node_ip: bool) -> Vec<(&'static str, Vec<Filter>)> {
+/// Which traffic class the meters count each remote prefix as (IPv4 or IPv6 prefixes).
+pub type Classes = Vec<(&'static str, Vec<String>)>;
+
+/// The classes of the standard node: each remote host's /24 and /64 in its class.
+pub fn standard_classes() -> Classes {
     REMOTES
         .iter()
-        .map(|(class, _, v4, v6)| {
-            let (remote, local) = if direction == "egress" {
-                ("dst", "src")
-            } else {
-                ("src", "dst")
-            };
-            let mut v4m = format!("match ip {remote} {v4}.0/24");
-            let mut v6m = format!("match ip6 {remote} {v6}::/64");
-            if node_ip {
-                v4m.push_str(&format!(" match ip {local} {NODE_V4}/32"));
-                v6m.push_str(&format!(" match ip6 {local} {NODE_V6}/128"));
-            }
-            (*class, vec![("ip", v4m), ("ipv6", v6m)])
+        .map(|(class, _, v4, v6)| (*class, vec![format!("{v4}.0/24"), format!("{v6}::/64")]))
+        .collect()
+}
+
+fn class_filters(
+    direction: &str,
+    node_ip: bool,
+    classes: &Classes,
+) -> Vec<(&'static str, Vec<Filter>)> {
+    let (remote, local) = if direction == "egress" {
+        ("dst", "src")
+    } else {
+        ("src", "dst")
+    };
+    classes
+        .iter()
+        .map(|(class, prefixes)| {
+            let filters = prefixes
+                .iter()
+                .map(|p| {
+                    if p.contains(':') {
+                        let mut m = format!("match ip6 {remote} {p}");
+                        if node_ip {
+                            m.push_str(&format!(" match ip6 {local} {NODE_V6}/128"));
+                        }
+                        ("ipv6", m)
+                    } else {
+                        let mut m = format!("match ip {remote} {p}");
+                        if node_ip {
+                            m.push_str(&format!(" match ip {local} {NODE_V4}/32"));
+                        }
+                        ("ip", m)
+                    }
+                })
+                .collect();
+            (*class, filters)
         })
         .collect()
 }
@@ -136,6 +163,17 @@ impl SimNode {
     /// Builds the node with two pod-network pods (cgroupfs and systemd drivers) and one
     /// hostNetwork pod, starts a traffic server on every remote host.
     pub fn build(traffic_bin: &Path, offloads: Offloads) -> Result<SimNode> {
+        SimNode::build_with(traffic_bin, offloads, &[], &standard_classes())
+    }
+
+    /// The node with `extra` IPv4 addresses on remote hosts (`(host suffix, address)`, routed
+    /// by the router) and meters that count remote prefixes as `classes` say.
+    pub fn build_with(
+        traffic_bin: &Path,
+        offloads: Offloads,
+        extra: &[(&str, &str)],
+        classes: &Classes,
+    ) -> Result<SimNode> {
         let cgroups = CgroupTree::new()?;
         let remote_cgroup = cgroups.create("remote")?;
         let mut node = SimNode {
@@ -181,6 +219,10 @@ impl SimNode {
             host.ip("link set eth0 up")?;
             host.ip(&format!("route add default via {v4}.1"))?;
             host.ip(&format!("-6 route add default via {v6}::1"))?;
+            for (_, addr) in extra.iter().filter(|(h, _)| *h == suffix) {
+                host.ip(&format!("addr add {addr}/32 dev eth0"))?;
+                router.ip(&format!("route add {addr}/32 dev rt-{suffix}"))?;
+            }
             let server = node.start_server(
                 &node.remote_cgroup.clone(),
                 &host.name,
@@ -201,18 +243,26 @@ impl SimNode {
             pod_ns.ip("link set eth0 up")?;
             pod_ns.ip("route add default via 10.0.1.1")?;
             pod_ns.ip("-6 route add default via fd00:0:1::1")?;
-            let egress = Meter::install(&pod_ns.name, "eth0", &class_filters("egress", false))?;
+            let egress = Meter::install(
+                &pod_ns.name,
+                "eth0",
+                &class_filters("egress", false, classes),
+            )?;
             let ingress = Meter::install(
                 &ns.name,
                 &format!("vp{i}"),
-                &class_filters("ingress", false),
+                &class_filters("ingress", false, classes),
             )?;
             node.add_pod(&format!("pod{i}"), i, driver, &pod_ns.name, egress, ingress)?;
             node.namespaces.push(pod_ns);
         }
         // The hostNetwork pod: the node's namespace and address, its own pod cgroup.
-        let egress = Meter::install(&ns.name, "up0", &class_filters("egress", true))?;
-        let ingress = Meter::install(&router.name, "rt-node", &class_filters("ingress", true))?;
+        let egress = Meter::install(&ns.name, "up0", &class_filters("egress", true, classes))?;
+        let ingress = Meter::install(
+            &router.name,
+            "rt-node",
+            &class_filters("ingress", true, classes),
+        )?;
         let node_ns = ns.name.clone();
         node.add_pod(
             "hostpod",

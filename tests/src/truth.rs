@@ -44,6 +44,18 @@ pub fn compare_with_meters(
     selector: &dyn Fn(&str) -> Vec<(String, String)>,
     active: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Comparison> {
+    compare_classes(node, samples, selector, active, &CLASSES)
+}
+
+/// The same for a node metered with other `classes` (e.g. with `unplaced` among them); of
+/// `unplaced` and `unknown`, those not metered must be exactly zero.
+pub fn compare_classes(
+    node: &SimNode,
+    samples: &Samples,
+    selector: &dyn Fn(&str) -> Vec<(String, String)>,
+    active: &dyn Fn(&str, &str) -> bool,
+    classes: &[&str],
+) -> Result<Comparison> {
     let mut c = Comparison::default();
     c.report.push(format!(
         "{:<8} {:<13} {:<8} {:>12} {:>12} {:>9}",
@@ -62,10 +74,13 @@ pub fn compare_with_meters(
             want.push(("direction", direction));
             samples.value("netcost_network_bytes_total", &want)
         };
-        for class in CLASSES {
+        for &class in classes {
             let has_traffic = active(&pod.name, class);
             for direction in DIRECTIONS {
-                let t = truth[&(class.to_owned(), direction.to_owned())] as f64;
+                let t = truth
+                    .get(&(class.to_owned(), direction.to_owned()))
+                    .copied()
+                    .unwrap_or(0) as f64;
                 let Some(got) = value(class, direction) else {
                     c.failures
                         .push(format!("{} {class} {direction}: no series", pod.name));
@@ -97,7 +112,10 @@ pub fn compare_with_meters(
                 }
             }
         }
-        for class in ["unplaced", "unknown"] {
+        for class in ["unplaced", "unknown"]
+            .into_iter()
+            .filter(|c| !classes.contains(c))
+        {
             for direction in DIRECTIONS {
                 let got = value(class, direction).unwrap_or(-1.0);
                 if got != 0.0 {

@@ -141,23 +141,15 @@ impl Prometheus {
 
     /// An instant query at `time` (Unix seconds); the result vector.
     fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>> {
-        let q = format!("/api/v1/query?query={}&time={time:.3}", urlencode(expr));
+        let q = format!(
+            "/api/v1/query?query={}&time={time:.3}",
+            netcost_tests::uri_encode(expr)
+        );
         let (code, body) = self.get(&q)?;
         ensure!(code == 200, "query {expr}: HTTP {code}: {body}");
         let v: Value = serde_json::from_str(&body)?;
         Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn value(v: &Value) -> Result<f64> {
@@ -354,7 +346,7 @@ fn opencost_queries_on_a_real_prometheus_give_the_measured_bytes_and_dollars() -
         .context("label_values(…, namespace)")?;
     let (code, body) = prometheus.get(&format!(
         "/api/v1/label/namespace/values?match[]={}",
-        urlencode(series)
+        netcost_tests::uri_encode(series)
     ))?;
     ensure!(
         code == 200 && body.contains("\"shop\""),
