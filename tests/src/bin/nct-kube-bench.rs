@@ -1,13 +1,17 @@
 //! The agent's memory and API traffic with a node of 250 pods in a cluster of 1,000 nodes, from
-//! the Kubernetes API double, through rounds of pod churn and node updates. Run by
-//! `cargo xtask bench` (root: the agent attaches its programs); prints a Markdown table.
+//! the Kubernetes API double, through rounds of pod churn and node updates — first without
+//! EndpointSlices, then with 20,000 endpoints (2,000 Services of 10 pods spread over the nodes),
+//! a quarter of them replaced in every round. Run by `cargo xtask bench` (root: the agent
+//! attaches its programs); prints Markdown tables.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Result};
 use netcost_tests::{
     agent::Agent,
-    apiserver::{node_json, pod_json, replicaset_json, ApiServer, ApiState},
+    apiserver::{
+        endpointslice_json, node_json, pod_json, replicaset_json, ApiServer, ApiState, EndpointSpec,
+    },
 };
 use serde_json::json;
 
@@ -16,6 +20,54 @@ const NODES: usize = 1000;
 const PODS: usize = 250;
 const OTHER_PODS: usize = 2000;
 const DEPLOYMENTS: usize = 50;
+const SERVICES: usize = 2000;
+const ENDPOINTS_PER_SERVICE: usize = 10;
+
+fn node_name(i: usize) -> String {
+    if i == 0 {
+        NODE.to_owned()
+    } else {
+        format!("ip-10-{}-{}-1.ec2.internal", i / 250, i % 250)
+    }
+}
+
+/// Service `s`'s slice in `generation`: its 10 endpoints on nodes spread over the cluster, each
+/// with its node and zone, addresses from those nodes' pod ranges.
+fn slice(s: usize, generation: usize) -> serde_json::Value {
+    let addrs: Vec<String> = (0..ENDPOINTS_PER_SERVICE)
+        .map(|k| {
+            let n = (s * 7 + k * 131 + generation) % NODES;
+            format!(
+                "100.{}.{}.{}",
+                64 + n / 250,
+                n % 250,
+                10 + (s + k + generation) % 240
+            )
+        })
+        .collect();
+    let nodes: Vec<String> = (0..ENDPOINTS_PER_SERVICE)
+        .map(|k| node_name((s * 7 + k * 131 + generation) % NODES))
+        .collect();
+    let pods: Vec<String> = (0..ENDPOINTS_PER_SERVICE)
+        .map(|k| format!("svc{s}-{generation:x}-{k}"))
+        .collect();
+    let addr_refs: Vec<[&str; 1]> = addrs.iter().map(|a| [a.as_str()]).collect();
+    let specs: Vec<EndpointSpec> = (0..ENDPOINTS_PER_SERVICE)
+        .map(|k| EndpointSpec {
+            addresses: &addr_refs[k],
+            node: Some(&nodes[k]),
+            zone: Some(zone((s * 7 + k * 131 + generation) % NODES).0),
+            pod: Some(&pods[k]),
+        })
+        .collect();
+    endpointslice_json(
+        &format!("team-{}", s % 25),
+        &format!("svc-{s}-abcde"),
+        Some(&format!("svc-{s}")),
+        "IPv4",
+        &specs,
+    )
+}
 
 fn zone(i: usize) -> (&'static str, &'static str) {
     [
@@ -27,11 +79,7 @@ fn zone(i: usize) -> (&'static str, &'static str) {
 
 fn add_nodes(state: &ApiState, generation: usize) {
     for i in 0..NODES {
-        let name = if i == 0 {
-            NODE.to_owned()
-        } else {
-            format!("ip-10-{}-{}-1.ec2.internal", i / 250, i % 250)
-        };
+        let name = node_name(i);
         let (z, id) = zone(i);
         let ip = format!("10.{}.{}.1", i / 250, i % 250);
         let cidr = format!("100.{}.{}.0/24", 64 + i / 250, i % 250);
@@ -84,6 +132,16 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
+    println!("\n### Without EndpointSlices (kubernetes.watch_endpointslices: false)");
+    run(rounds, false)?;
+    println!(
+        "\n### With {} endpoints in {SERVICES} EndpointSlices",
+        SERVICES * ENDPOINTS_PER_SERVICE
+    );
+    run(rounds, true)
+}
+
+fn run(rounds: usize, with_slices: bool) -> Result<()> {
     let state = Arc::new(ApiState::new());
     add_nodes(&state, 0);
     for d in 0..DEPLOYMENTS {
@@ -120,11 +178,17 @@ fn main() -> Result<()> {
     for i in 0..PODS {
         state.apply("/api/v1", "pods", our_pod(0, i));
     }
+    if with_slices {
+        for s in 0..SERVICES {
+            state.apply("/apis/discovery.k8s.io/v1", "endpointslices", slice(s, 0));
+        }
+    }
     let api = ApiServer::start(state.clone())?;
     let config = format!(
-        "drain_interval_seconds: 1\nseries_grace_seconds: 1\nkubernetes:\n  enabled: true\n  api_server: \"{}\"\n  node_name: {NODE}\n",
+        "drain_interval_seconds: 1\nseries_grace_seconds: 1\nkubernetes:\n  enabled: true\n  api_server: \"{}\"\n  node_name: {NODE}\n  watch_endpointslices: {with_slices}\n",
         api.url()
     );
+    let want_slices = if with_slices { SERVICES } else { 0 };
     let mut agent = Agent::start("kube-bench", &config)?;
     let settled = |want_nodes: usize| {
         move |s: &netcost_tests::agent::Samples| {
@@ -132,12 +196,18 @@ fn main() -> Result<()> {
                 && s.value("netcost_kubernetes_objects", &[("resource", "nodes")])
                     == Some(want_nodes as f64)
                 && s.value("netcost_pods_with_series", &[]) == Some(PODS as f64)
+                && (want_slices == 0
+                    || s.value(
+                        "netcost_kubernetes_objects",
+                        &[("resource", "endpointslices")],
+                    ) == Some(want_slices as f64))
         }
     };
     wait_until(&agent, "the first sync", settled(NODES))?;
     std::thread::sleep(Duration::from_secs(2));
-    println!("\n| phase | pods on this node | nodes | pods with series | series exposed | RSS | peak RSS |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| phase | pods on this node | nodes | endpoints | pods with series | series exposed | RSS | peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let endpoints = want_slices * ENDPOINTS_PER_SERVICE;
     let report = |agent: &mut Agent, phase: &str| -> Result<()> {
         let (rss, hwm) = agent.memory_kib()?;
         let (_, body) = agent.get("/metrics")?;
@@ -146,7 +216,7 @@ fn main() -> Result<()> {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count();
         println!(
-            "| {phase} | {PODS} | {NODES} | {PODS} | {series} | {:.1} MiB | {:.1} MiB |",
+            "| {phase} | {PODS} | {NODES} | {endpoints} | {PODS} | {series} | {:.1} MiB | {:.1} MiB |",
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
@@ -165,11 +235,26 @@ fn main() -> Result<()> {
             state.apply("/api/v1", "pods", our_pod(round, i));
         }
         add_nodes(&state, round);
+        if with_slices {
+            // A quarter of the Services roll: their slices get new endpoints.
+            for s in (0..SERVICES).filter(|s| (s + round) % 4 == 0) {
+                state.apply(
+                    "/apis/discovery.k8s.io/v1",
+                    "endpointslices",
+                    slice(s, round),
+                );
+            }
+        }
         wait_until(&agent, "churn to settle", settled(NODES))?;
         std::thread::sleep(Duration::from_secs(2));
+        let slices = if with_slices {
+            ", 500 Services' endpoints replaced"
+        } else {
+            ""
+        };
         report(
             &mut agent,
-            &format!("after churn round {round} (250 pods replaced, 1,000 nodes updated)"),
+            &format!("after churn round {round} (250 pods replaced, 1,000 nodes updated{slices})"),
         )?;
     }
     let requests = state.requests();
@@ -192,6 +277,14 @@ fn main() -> Result<()> {
     println!(
         "| node watches | {} |",
         count(&|r| r.path.ends_with("/nodes") && r.watch)
+    );
+    println!(
+        "| EndpointSlice lists | {} |",
+        count(&|r| r.path.ends_with("/endpointslices") && !r.watch)
+    );
+    println!(
+        "| EndpointSlice watches | {} |",
+        count(&|r| r.path.ends_with("/endpointslices") && r.watch)
     );
     println!(
         "| ReplicaSet GETs ({DEPLOYMENTS} owners, {} pods seen) | {} |",
