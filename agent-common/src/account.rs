@@ -1,9 +1,11 @@
 //! Where a measured packet's bytes are added, and what happens when a map is full.
 //!
-//! The order is: the flow's own entry; failing that (map full, or a bucket busy because another
-//! program on this CPU holds it) the identity's overflow entry, so the pod still gets its bytes but
-//! loses the remote address; failing that the per-direction `LOST` slot, which cannot fail. Every
-//! byte lands somewhere, and the second and third places are visible as metrics.
+//! The order is: the flow's own entry; failing that (map full, a bucket busy because another
+//! program on this CPU holds it, or the owner over its quota of new flows) the identity's
+//! overflow entry, so the pod still gets its bytes but loses the remote address; failing that the
+//! per-direction `LOST` slot, which cannot fail. Every byte lands somewhere, and the second and
+//! third places are visible as metrics. The quota keeps the cost of a flood of new remotes on
+//! the owner that sends it: everyone else's flows still find room.
 
 use crate::{CacheEntry, Counter, FlowKey, OverflowKey};
 
@@ -36,6 +38,14 @@ pub fn storage_key<T: Translated>(translated: &T, key: &FlowKey) -> FlowKey {
     }
 }
 
+/// How many new flow entries each owner may still create in the buffer being written.
+pub trait FlowQuota {
+    /// Whether `cgroup_id` may create another flow entry.
+    fn allows(&self, cgroup_id: u64) -> bool;
+    /// Records that `cgroup_id` created one (and that the buffer holds one more entry).
+    fn charge(&self, cgroup_id: u64);
+}
+
 /// The last resort: a slot per direction that always exists.
 pub trait LostCounter {
     fn add(&self, direction: u8, bytes: u64, packets: u64);
@@ -63,18 +73,44 @@ fn add_or_insert<K, M: CounterMap<K>>(map: &M, key: &K, bytes: u64, packets: u64
     }
 }
 
-/// Where a packet's bytes can go, in order: its flow, its identity's overflow entry, `LOST`; and
-/// which remotes are kept per connection.
-pub struct Stores<'a, F, O, L, T> {
+/// Where a packet's bytes can go, in order: its flow, its identity's overflow entry, `LOST`;
+/// which remotes are kept per connection; and the owners' quota of new flows.
+pub struct Stores<'a, F, O, L, T, Q> {
     pub flows: &'a F,
     pub overflow: &'a O,
     pub lost: &'a L,
     pub translated: &'a T,
+    pub quota: &'a Q,
+}
+
+/// Adds to the flow's entry, creating it if the owner's quota allows.
+#[inline(always)]
+fn add_to_flow<F: CounterMap<FlowKey>, Q: FlowQuota>(
+    flows: &F,
+    quota: &Q,
+    key: &FlowKey,
+    bytes: u64,
+    packets: u64,
+) -> bool {
+    if flows.add_existing(key, bytes, packets) {
+        return true;
+    }
+    if !quota.allows(key.cgroup_id) {
+        return false;
+    }
+    match flows.insert_new(key, &Counter { bytes, packets }) {
+        Ok(()) => {
+            quota.charge(key.cgroup_id);
+            true
+        }
+        Err(EEXIST) => flows.add_existing(key, bytes, packets),
+        Err(_) => false,
+    }
 }
 
 #[inline(always)]
-pub fn account<F, O, L, T>(
-    stores: &Stores<'_, F, O, L, T>,
+pub fn account<F, O, L, T, Q>(
+    stores: &Stores<'_, F, O, L, T, Q>,
     key: &FlowKey,
     bytes: u64,
     packets: u64,
@@ -84,15 +120,17 @@ where
     O: CounterMap<OverflowKey>,
     L: LostCounter,
     T: Translated,
+    Q: FlowQuota,
 {
     let Stores {
         flows,
         overflow,
         lost,
         translated,
+        quota,
     } = *stores;
     let key = &storage_key(translated, key);
-    if add_or_insert(flows, key, bytes, packets) {
+    if add_to_flow(flows, quota, key, bytes, packets) {
         return Landed::Flow;
     }
     if add_or_insert(
@@ -112,9 +150,9 @@ where
 /// (slot busy) or without a slot goes straight to the maps. The slot compares whole connection
 /// keys; whether a key is kept per connection is decided only when it is written to a map.
 #[inline(always)]
-pub fn account_via_cache<F, O, L, T>(
+pub fn account_via_cache<F, O, L, T, Q>(
     slot: Option<&mut CacheEntry>,
-    stores: &Stores<'_, F, O, L, T>,
+    stores: &Stores<'_, F, O, L, T, Q>,
     key: &FlowKey,
     bytes: u64,
     packets: u64,
@@ -124,6 +162,7 @@ where
     O: CounterMap<OverflowKey>,
     L: LostCounter,
     T: Translated,
+    Q: FlowQuota,
 {
     let Some(slot) = slot else {
         return account(stores, key, bytes, packets);
@@ -220,13 +259,82 @@ mod tests {
         overflow: &'a BoundedMap<OverflowKey>,
         lost: &'a Lost,
         translated: &'a T,
-    ) -> Stores<'a, BoundedMap<FlowKey>, BoundedMap<OverflowKey>, Lost, T> {
+    ) -> Stores<'a, BoundedMap<FlowKey>, BoundedMap<OverflowKey>, Lost, T, NoQuota> {
         Stores {
             flows,
             overflow,
             lost,
             translated,
+            quota: &NoQuota,
         }
+    }
+
+    /// No owner is limited.
+    struct NoQuota;
+    impl FlowQuota for NoQuota {
+        fn allows(&self, _: u64) -> bool {
+            true
+        }
+        fn charge(&self, _: u64) {}
+    }
+
+    /// New flows per owner, at most `limit`.
+    struct Quota {
+        limit: u64,
+        used: RefCell<BTreeMap<u64, u64>>,
+    }
+    impl FlowQuota for Quota {
+        fn allows(&self, cgroup_id: u64) -> bool {
+            self.used.borrow().get(&cgroup_id).copied().unwrap_or(0) < self.limit
+        }
+        fn charge(&self, cgroup_id: u64) {
+            *self.used.borrow_mut().entry(cgroup_id).or_default() += 1;
+        }
+    }
+
+    #[test]
+    fn an_owner_over_its_quota_keeps_its_bytes_and_leaves_room_for_the_others() {
+        let flows = BoundedMap::new(8);
+        let overflow = BoundedMap::new(4);
+        let lost = Lost::default();
+        let quota = Quota {
+            limit: 3,
+            used: RefCell::new(BTreeMap::new()),
+        };
+        let stores = Stores {
+            flows: &flows,
+            overflow: &overflow,
+            lost: &lost,
+            translated: &Nothing,
+            quota: &quota,
+        };
+        // Owner 1 sprays 100 remotes: 3 flows, the rest in its overflow entry.
+        for last in 0..100u8 {
+            account(&stores, &key(1, last, DIRECTION_EGRESS), 10, 1);
+        }
+        // An existing flow of owner 1 still adds in place.
+        assert_eq!(
+            account(&stores, &key(1, 0, DIRECTION_EGRESS), 10, 1),
+            Landed::Flow
+        );
+        // Owner 2 still finds room, for as many flows as its own quota.
+        for last in 0..3u8 {
+            assert_eq!(
+                account(&stores, &key(2, last, DIRECTION_EGRESS), 7, 1),
+                Landed::Flow
+            );
+        }
+        assert_eq!(
+            overflow
+                .get(&OverflowKey::new(1, DIRECTION_EGRESS))
+                .unwrap()
+                .bytes,
+            970
+        );
+        assert!(overflow
+            .get(&OverflowKey::new(2, DIRECTION_EGRESS))
+            .is_none());
+        assert_eq!(flows.entries.borrow().len(), 3 + 3);
     }
 
     /// No remote is translated: every key is stored per remote.

@@ -10,7 +10,7 @@ pub mod wire;
 
 /// Bump when any map layout or meaning below changes; user space refuses an object of another
 /// version and later pins live under a path that carries it.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Which way a packet went, seen from the local socket.
 pub const DIRECTION_EGRESS: u8 = 0;
@@ -31,6 +31,17 @@ pub const MAP_LOST: &str = "LOST";
 pub const MAP_CONTROL: &str = "CONTROL";
 pub const MAP_CACHE: &str = "CACHE";
 pub const MAP_TRANSLATED: &str = "TRANSLATED";
+/// Per buffer: flow entries each owner (cgroup) created in it, so that one owner cannot take the
+/// whole flow map (see `CONTROL_FLOW_QUOTA`).
+pub const MAP_QUOTA: [&str; 2] = ["QUOTA_0", "QUOTA_1"];
+/// Per-CPU count of flow entries created in each buffer: how full it is, read without walking it
+/// (user space drains early when a buffer fills up).
+pub const MAP_FILL: &str = "FILL";
+pub const FILL_ENTRIES: u32 = 2;
+
+/// Owners (cgroups) that can create flow entries in one buffer; the owners beyond it are not
+/// held to their quota.
+pub const DEFAULT_QUOTA_ENTRIES: u32 = 8_192;
 
 /// Capacity of `TRANSLATED`: service CIDRs, learned service addresses and the node's own
 /// addresses. User space counts what it could not insert.
@@ -41,7 +52,11 @@ pub const DEFAULT_TRANSLATED_ENTRIES: u32 = 16_384;
 /// returned) and reads and empties the idle buffer, which nothing writes any more: no byte added
 /// between a read and a delete can be lost.
 pub const CONTROL_ACTIVE: u32 = 0;
-pub const CONTROL_ENTRIES: u32 = 1;
+/// `CONTROL[CONTROL_FLOW_QUOTA]`: most flow entries one owner may create in a buffer (0: no
+/// limit). Beyond it the owner's new flows go to its overflow entry — it keeps its bytes, loses
+/// their remote addresses — and the map keeps room for every other owner.
+pub const CONTROL_FLOW_QUOTA: u32 = 1;
+pub const CONTROL_ENTRIES: u32 = 2;
 
 /// One counting key: the socket's cgroup (the workload identity), the remote address and the
 /// direction — and, for connections whose remote address is one that NAT rewrites (a Service

@@ -8,7 +8,8 @@
 //!
 //! Per packet: headers read in place (direct packet access), two array lookups (active buffer, this
 //! CPU's write-combining slot) and, when the flow differs from the slot's, one hash lookup and an
-//! atomic add. No per-packet event or log leaves the kernel.
+//! atomic add; only a flow's first packet also asks its owner's quota. No per-packet event or log
+//! leaves the kernel.
 #![no_std]
 #![no_main]
 // `atomic_xadd` without a used result lowers to BPF_XADD, the one atomic add this target has
@@ -17,12 +18,13 @@
 #![feature(core_intrinsics)]
 
 use agent_common::{
-    account::{account_via_cache, CounterMap, LostCounter, Stores, Translated},
+    account::{account_via_cache, CounterMap, FlowQuota, LostCounter, Stores, Translated},
     cache_index,
     wire::{measure, Packet},
     CacheEntry, Counter, FlowKey, OverflowKey, TranslatedKey, CACHE_ENTRIES, CONTROL_ACTIVE,
-    CONTROL_ENTRIES, DEFAULT_FLOW_ENTRIES, DEFAULT_OVERFLOW_ENTRIES, DEFAULT_TRANSLATED_ENTRIES,
-    DIRECTION_EGRESS, DIRECTION_INGRESS, LOST_ENTRIES,
+    CONTROL_ENTRIES, CONTROL_FLOW_QUOTA, DEFAULT_FLOW_ENTRIES, DEFAULT_OVERFLOW_ENTRIES,
+    DEFAULT_QUOTA_ENTRIES, DEFAULT_TRANSLATED_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    FILL_ENTRIES, LOST_ENTRIES,
 };
 use core::mem::MaybeUninit;
 
@@ -30,7 +32,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
     programs::SkBuffContext,
 };
 
@@ -52,6 +54,14 @@ static OVERFLOW_1: PerCpuHashMap<OverflowKey, Counter> =
 static LOST: PerCpuArray<Counter> = PerCpuArray::with_max_entries(LOST_ENTRIES, 0);
 #[map]
 static CACHE: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
+/// Flow entries each owner created in buffer 0 / 1 (shared by all CPUs, added atomically).
+#[map]
+static QUOTA_0: HashMap<u64, u64> = HashMap::with_max_entries(DEFAULT_QUOTA_ENTRIES, 0);
+#[map]
+static QUOTA_1: HashMap<u64, u64> = HashMap::with_max_entries(DEFAULT_QUOTA_ENTRIES, 0);
+/// Flow entries created in each buffer, per CPU.
+#[map]
+static FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(FILL_ENTRIES, 0);
 /// Remote prefixes whose flows are counted per connection (user space fills it: Service CIDRs,
 /// addresses conntrack showed being rewritten, the node's own addresses).
 #[map]
@@ -171,6 +181,52 @@ impl Translated for KernelTranslated {
     }
 }
 
+/// The owners' quota of new flows in one buffer. Only asked when a flow entry is about to be
+/// created, never for a packet that adds to an existing entry.
+struct KernelQuota<'a> {
+    used: &'a HashMap<u64, u64>,
+    buffer: u32,
+}
+
+impl FlowQuota for KernelQuota<'_> {
+    #[inline(always)]
+    fn allows(&self, cgroup_id: u64) -> bool {
+        let limit = CONTROL.get(CONTROL_FLOW_QUOTA).copied().unwrap_or(0);
+        if limit == 0 {
+            return true;
+        }
+        match self.used.get_ptr(&cgroup_id) {
+            // A plain read racing an add on another CPU: the quota is approximate by a few.
+            Some(n) => (unsafe { *n }) < u64::from(limit),
+            None => true,
+        }
+    }
+
+    #[inline(always)]
+    fn charge(&self, cgroup_id: u64) {
+        if let Some(n) = FILL.get_ptr_mut(self.buffer) {
+            // This CPU's slot; a nested program may lose one increment: it is a fill estimate.
+            unsafe { *n += 1 };
+        }
+        match self.used.get_ptr_mut(&cgroup_id) {
+            Some(n) => unsafe { atomic_add(n, 1) },
+            None => {
+                // Another CPU may have inserted it meanwhile: then add to its entry. A full map
+                // leaves this owner unlimited for the rest of the interval.
+                if self
+                    .used
+                    .insert(&cgroup_id, &1, BPF_NOEXIST as u64)
+                    .is_err()
+                {
+                    if let Some(n) = self.used.get_ptr_mut(&cgroup_id) {
+                        unsafe { atomic_add(n, 1) };
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct KernelLost;
 
 impl LostCounter for KernelLost {
@@ -207,6 +263,10 @@ fn count(ctx: &SkBuffContext, direction: u8) {
                 overflow: &KernelMap(&OVERFLOW_0),
                 lost: &KernelLost,
                 translated: &KernelTranslated,
+                quota: &KernelQuota {
+                    used: &QUOTA_0,
+                    buffer: 0,
+                },
             },
             &key,
             m.bytes,
@@ -220,6 +280,10 @@ fn count(ctx: &SkBuffContext, direction: u8) {
                 overflow: &KernelMap(&OVERFLOW_1),
                 lost: &KernelLost,
                 translated: &KernelTranslated,
+                quota: &KernelQuota {
+                    used: &QUOTA_1,
+                    buffer: 1,
+                },
             },
             &key,
             m.bytes,

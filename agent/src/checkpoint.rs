@@ -2,9 +2,11 @@
 //! from the kernel, so that a restarted agent goes on from exactly where the last one stopped
 //! (see `drain` for how the two are kept in step).
 //!
-//! One JSON file, replaced atomically (written beside, then renamed): a crash leaves either the
-//! old checkpoint or the new one, never half of one. It is not fsynced: it only has to survive
-//! the process, and a machine crash takes the pinned maps with it anyway.
+//! One JSON file, replaced atomically and durably (written beside, fsynced, renamed, the
+//! directory fsynced): a crash leaves either the old checkpoint or the new one, never half of
+//! one, and nothing is exposed before the checkpoint that holds it is on the disk. A file that
+//! cannot be read as a checkpoint of this format is moved aside, not overwritten, and the totals
+//! start from zero.
 
 use std::{
     net::IpAddr,
@@ -41,6 +43,11 @@ pub enum CheckpointError {
         source: std::io::Error,
     },
 }
+
+/// Checkpoints moved aside at most; older ones are removed.
+const KEPT_ASIDE: usize = 4;
+/// A checkpoint larger than this is not read (the totals of 250 pods take a few MB).
+const MAX_CHECKPOINT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Which kernel maps a checkpoint's drain state refers to: this boot's, this map instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,11 +180,13 @@ pub enum StartTotals {
 impl StartTotals {
     /// Decides from how the maps came to be, pins of other layouts (`other_layout`), the
     /// checkpoint found and the identity of the maps loaded now.
+    /// `epoch` is the kernel's current epoch (`CONTROL[0]`) of the loaded maps.
     pub fn decide(
         origin: &MapsOrigin,
         other_layout: Option<&Path>,
         checkpoint: Option<Checkpoint>,
         maps: &MapsIdentity,
+        epoch: u32,
     ) -> StartTotals {
         let incompatible = match (origin, other_layout) {
             (MapsOrigin::Replaced(reason), _) => Some(reason.clone()),
@@ -196,6 +205,23 @@ impl StartTotals {
         match (origin, checkpoint) {
             (MapsOrigin::Adopted, Some(cp)) if cp.maps.as_ref() == Some(maps) => {
                 let drain = cp.drain_state(maps);
+                // The last drained buffer is the idle one (epoch - 1) or the one before it
+                // (epoch - 2: the idle buffer not drained yet). Anything older means buffers were
+                // drained and emptied after this checkpoint: restoring it would lose their bytes
+                // and take every counter back, which Prometheus reads as a reset.
+                let fresh = drain.is_none_or(|d| {
+                    let behind = epoch.wrapping_sub(d.drained_epoch);
+                    behind == 1 || behind == 2
+                });
+                if !fresh {
+                    return StartTotals::Reset {
+                        reason: format!(
+                            "the checkpoint is stale: it holds the totals up to epoch {}, the pinned maps are at epoch {epoch}",
+                            drain.map_or(0, |d| d.drained_epoch)
+                        ),
+                        incompatible: false,
+                    };
+                }
                 StartTotals::Restored {
                     checkpoint: Box::new(cp),
                     drain,
@@ -239,6 +265,14 @@ impl CheckpointStore {
 
     /// The checkpoint, if there is one. A file of another format is an error that names it.
     pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            if meta.len() > MAX_CHECKPOINT_BYTES {
+                return Err(CheckpointError::Invalid {
+                    path: self.path.clone(),
+                    message: format!("{} bytes, more than {MAX_CHECKPOINT_BYTES}", meta.len()),
+                });
+            }
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -272,9 +306,49 @@ impl CheckpointStore {
         };
         let text = serde_json::to_vec(checkpoint).map_err(|e| write(std::io::Error::other(e)))?;
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, &text).map_err(write)?;
-        std::fs::rename(&tmp, &self.path).map_err(write)?;
+        let written = (|| {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &self.path)?;
+            // The rename is durable once the directory is.
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(write(e));
+        }
         Ok(text.len())
+    }
+
+    /// Moves an unreadable checkpoint aside (`checkpoint.json.bad-<unix seconds>`), so the
+    /// next save does not overwrite what may be needed to understand it; keeps the newest few.
+    pub fn set_aside(&self) -> std::io::Result<PathBuf> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let aside = self.path.with_extension(format!("json.bad-{stamp}"));
+        std::fs::rename(&self.path, &aside)?;
+        if let Some(dir) = self.path.parent() {
+            let mut old: Vec<PathBuf> = std::fs::read_dir(dir)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{FILE_NAME}.bad-")))
+                })
+                .collect();
+            old.sort();
+            let excess = old.len().saturating_sub(KEPT_ASIDE);
+            for p in &old[..excess] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(aside)
     }
 
     pub fn remove(&self) -> std::io::Result<bool> {
@@ -381,8 +455,9 @@ mod tests {
             boot_id: "b00t".into(),
             maps_id: 42,
         };
+        // sample()'s drained epoch is u32::MAX: the kernel at epoch 1 has that buffer idle.
         let decide = |origin: &MapsOrigin, other: Option<&Path>, cp: Option<Checkpoint>| {
-            StartTotals::decide(origin, other, cp, &ours)
+            StartTotals::decide(origin, other, cp, &ours, 1)
         };
         match decide(&MapsOrigin::Adopted, None, Some(sample())) {
             StartTotals::Restored { drain, .. } => {
@@ -429,6 +504,64 @@ mod tests {
             decide(&MapsOrigin::Replaced("x".into()), None, Some(sample())).label(),
             "reset"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_older_than_the_last_drains_of_its_maps_is_not_restored() {
+        let ours = MapsIdentity {
+            boot_id: "b00t".into(),
+            maps_id: 42,
+        };
+        let mut cp = sample();
+        cp.drained_epoch = Some(10);
+        for (epoch, restored) in [
+            (11, true),
+            (12, true),
+            (13, false),
+            (10, false),
+            (200, false),
+        ] {
+            let t = StartTotals::decide(&MapsOrigin::Adopted, None, Some(cp.clone()), &ours, epoch);
+            assert_eq!(
+                matches!(t, StartTotals::Restored { .. }),
+                restored,
+                "epoch {epoch}: {t:?}"
+            );
+            if !restored {
+                assert!(
+                    matches!(&t, StartTotals::Reset { reason, .. } if reason.contains("stale")),
+                    "{t:?}"
+                );
+            }
+        }
+        // Epochs wrap.
+        cp.drained_epoch = Some(u32::MAX);
+        assert!(matches!(
+            StartTotals::decide(&MapsOrigin::Adopted, None, Some(cp), &ours, 1),
+            StartTotals::Restored { .. }
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_is_kept_aside() {
+        let dir = std::env::temp_dir().join(format!("netcost-cp-aside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = CheckpointStore::in_dir(&dir);
+        for i in 0..6 {
+            std::fs::write(&store.path, format!("{{truncated {i}")).unwrap();
+            assert!(store.load().is_err());
+            let aside = store.set_aside().unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&aside).unwrap(),
+                format!("{{truncated {i}")
+            );
+            assert!(!store.path.exists());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let kept = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(kept, KEPT_ASIDE, "the newest few are kept");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

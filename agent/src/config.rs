@@ -2,9 +2,14 @@
 //!
 //! ```yaml
 //! listen: "[::]:3001"          # metrics, /healthz, /readyz (IPv6 any also accepts IPv4)
+//! server:                      # what one client can hold
+//!   header_timeout_seconds: 5  # a request head must arrive within this
+//!   idle_timeout_seconds: 15   # no progress (idle keep-alive, a reader that stopped): closed
+//!   max_connections: 1024      # beyond: 503 and close
+//!   max_scrapes: 256           # /metrics answers in flight; beyond: 503
 //! drain_interval_seconds: 5
 //! cgroup_root: auto            # or a path; auto reads /proc/mounts
-//! maps: { flow_entries: 65536, overflow_entries: 4096 }
+//! maps: { flow_entries: 65536, overflow_entries: 4096, flows_per_owner: 16384 }
 //! series_grace_seconds: 300    # a deleted pod's series stay this long with their final values
 //! kubernetes:
 //!   enabled: auto              # auto: on when running in a cluster or api_server is set
@@ -87,6 +92,8 @@ struct RawConfig {
     #[serde(default)]
     listen: Option<String>,
     #[serde(default)]
+    server: Option<RawServer>,
+    #[serde(default)]
     drain_interval_seconds: Option<f64>,
     #[serde(default)]
     cgroup_root: Option<String>,
@@ -114,6 +121,15 @@ struct RawConfig {
     kubecost: Option<RawKubecost>,
     #[serde(default)]
     state: Option<RawState>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    header_timeout_seconds: Option<f64>,
+    idle_timeout_seconds: Option<f64>,
+    max_connections: Option<u32>,
+    max_scrapes: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +240,7 @@ struct RawImds {
 struct RawMaps {
     flow_entries: Option<u32>,
     overflow_entries: Option<u32>,
+    flows_per_owner: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -385,10 +402,13 @@ impl Default for StateConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub server: crate::server::ServerOptions,
     pub drain_interval: Duration,
     pub cgroup_root: CgroupRoot,
     pub flow_entries: u32,
     pub overflow_entries: u32,
+    /// Most flow entries one owner (cgroup) may create per drain interval.
+    pub flows_per_owner: u32,
     pub series_grace: Duration,
     pub kubernetes: KubernetesConfig,
     pub imds: ImdsConfig,
@@ -449,6 +469,7 @@ impl Config {
         let maps = raw.maps.unwrap_or(RawMaps {
             flow_entries: None,
             overflow_entries: None,
+            flows_per_owner: None,
         });
         let flow_entries = maps
             .flow_entries
@@ -466,6 +487,15 @@ impl Config {
                     format!("{value} is outside 16..=16777216"),
                 ));
             }
+        }
+        // A quarter of the map by default: a pod that sprays new remote addresses keeps its
+        // bytes (without their addresses beyond its quota) and leaves room for everyone else.
+        let flows_per_owner = maps.flows_per_owner.unwrap_or(flow_entries / 4);
+        if !(1..=flow_entries).contains(&flows_per_owner) {
+            return Err(field_error(
+                "maps.flows_per_owner",
+                format!("{flows_per_owner} is outside 1..={flow_entries} (maps.flow_entries)"),
+            ));
         }
         let series_grace = seconds(
             "series_grace_seconds",
@@ -492,7 +522,9 @@ impl Config {
         )?
         .map(PathBuf::from);
         let state = state(raw.state.unwrap_or_default())?;
+        let server = server(raw.server.unwrap_or_default())?;
         Ok(Config {
+            server,
             state,
             kubecost_config,
             prices,
@@ -504,6 +536,7 @@ impl Config {
             cgroup_root,
             flow_entries,
             overflow_entries,
+            flows_per_owner,
             series_grace,
             kubernetes,
             imds,
@@ -511,6 +544,34 @@ impl Config {
             topology,
         })
     }
+}
+
+fn server(raw: RawServer) -> Result<crate::server::ServerOptions, ConfigError> {
+    let d = crate::server::ServerOptions::default();
+    let count = |field: &str, v: Option<u32>, default: usize, max: u32| match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+        Some(n) => Err(field_error(field, format!("{n} is outside 1..={max}"))),
+    };
+    Ok(crate::server::ServerOptions {
+        header_timeout: raw
+            .header_timeout_seconds
+            .map(|v| seconds("server.header_timeout_seconds", v, 0.5..=60.0))
+            .transpose()?
+            .unwrap_or(d.header_timeout),
+        idle_timeout: raw
+            .idle_timeout_seconds
+            .map(|v| seconds("server.idle_timeout_seconds", v, 1.0..=600.0))
+            .transpose()?
+            .unwrap_or(d.idle_timeout),
+        max_connections: count(
+            "server.max_connections",
+            raw.max_connections,
+            d.max_connections,
+            65_536,
+        )?,
+        max_scrapes: count("server.max_scrapes", raw.max_scrapes, d.max_scrapes, 4096)?,
+    })
 }
 
 fn state(raw: RawState) -> Result<StateConfig, ConfigError> {
@@ -903,6 +964,10 @@ topology:
         assert!(e.contains("prices.internet_tier"), "{e}");
         let e = error_of(&format!("{GOOD}nat: {{ retention_seconds: 0 }}\n"));
         assert!(e.contains("nat.retention_seconds"), "{e}");
+        let e = error_of(&format!("{GOOD}server: {{ max_connections: 0 }}\n"));
+        assert!(e.contains("server.max_connections"), "{e}");
+        let e = error_of(&format!("{GOOD}server: {{ header_timeout_seconds: 0 }}\n"));
+        assert!(e.contains("server.header_timeout_seconds"), "{e}");
         let e = error_of(&format!("{GOOD}ec2: {{ subnets: sometimes }}\n"));
         assert!(e.contains("ec2.subnets"), "{e}");
         let e = error_of(&format!("{GOOD}ec2: {{ vpc_id: \"myvpc\" }}\n"));

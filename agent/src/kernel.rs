@@ -15,13 +15,14 @@ use std::{
 
 use agent_common::{
     cache_index, CacheEntry, Counter, FlowKey, OverflowKey, TranslatedKey, ABI_VERSION,
-    CACHE_ENTRIES, CONTROL_ACTIVE, CONTROL_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    LOST_ENTRIES, MAP_CACHE, MAP_CONTROL, MAP_FLOWS, MAP_LOST, MAP_OVERFLOW, MAP_TRANSLATED,
+    CACHE_ENTRIES, CONTROL_ACTIVE, CONTROL_ENTRIES, CONTROL_FLOW_QUOTA, DEFAULT_QUOTA_ENTRIES,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, FILL_ENTRIES, LOST_ENTRIES, MAP_CACHE, MAP_CONTROL,
+    MAP_FILL, MAP_FLOWS, MAP_LOST, MAP_OVERFLOW, MAP_QUOTA, MAP_TRANSLATED,
 };
 use aya::{
     maps::{
-        lpm_trie, Array, IterableMap, LpmTrie, MapData, MapError, MapInfo, MapType, PerCpuArray,
-        PerCpuHashMap, PerCpuValues,
+        lpm_trie, Array, HashMap, IterableMap, LpmTrie, MapData, MapError, MapInfo, MapType,
+        PerCpuArray, PerCpuHashMap, PerCpuValues,
     },
     programs::{links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
     Ebpf, EbpfLoader,
@@ -115,7 +116,7 @@ impl MapsOrigin {
 
 /// The maps kept across restarts. `TRANSLATED` is not among them: each agent fills its own from
 /// conntrack before its programs take over the links.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 10] = [
     MAP_CONTROL,
     MAP_FLOWS[0],
     MAP_FLOWS[1],
@@ -123,6 +124,9 @@ pub const PINNED_MAPS: [&str; 7] = [
     MAP_OVERFLOW[1],
     MAP_LOST,
     MAP_CACHE,
+    MAP_QUOTA[0],
+    MAP_QUOTA[1],
+    MAP_FILL,
 ];
 
 /// The pin directory of this build's layout.
@@ -147,6 +151,8 @@ fn expected_layout(
             size_of::<CacheEntry>() as u32,
             CACHE_ENTRIES,
         ),
+        MAP_FILL => (MapType::PerCpuArray, 4, 8, FILL_ENTRIES),
+        n if MAP_QUOTA.contains(&n) => (MapType::Hash, 8, 8, DEFAULT_QUOTA_ENTRIES),
         n if MAP_FLOWS.contains(&n) => (
             MapType::PerCpuHash,
             size_of::<FlowKey>() as u32,
@@ -200,6 +206,8 @@ pub struct KernelMaps {
     overflow: [PerCpuHashMap<MapData, OverflowKey, Counter>; 2],
     lost: PerCpuArray<MapData, Counter>,
     cache: PerCpuArray<MapData, CacheEntry>,
+    quota: [HashMap<MapData, u64, u64>; 2],
+    fill: PerCpuArray<MapData, u64>,
     pub flow_capacity: u32,
     pub overflow_capacity: u32,
     /// Entries found in the last drain (≈ peak occupancy of one interval).
@@ -258,6 +266,8 @@ where
 pub struct LoadOptions<'a> {
     pub flow_entries: u32,
     pub overflow_entries: u32,
+    /// Most flow entries one owner may create in a buffer (0: no limit).
+    pub flow_quota: u32,
     /// The versioned pin directory on bpffs; `None`: nothing is pinned.
     pub pins: Option<&'a Path>,
 }
@@ -316,12 +326,22 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, KernelError> {
         ],
         lost: map(&mut ebpf, MAP_LOST)?,
         cache: map(&mut ebpf, MAP_CACHE)?,
+        quota: [map(&mut ebpf, MAP_QUOTA[0])?, map(&mut ebpf, MAP_QUOTA[1])?],
+        fill: map(&mut ebpf, MAP_FILL)?,
         flow_capacity: options.flow_entries,
         overflow_capacity: options.overflow_entries,
         last_flow_entries: 0,
         last_overflow_entries: 0,
         last_entry_errors: 0,
     };
+    // This agent's quota, also on maps an earlier agent pinned.
+    let mut maps = maps;
+    maps.control
+        .set(CONTROL_FLOW_QUOTA, options.flow_quota, 0)
+        .map_err(|source| KernelError::Map {
+            name: MAP_CONTROL,
+            source,
+        })?;
     let maps_id = maps
         .control
         .map()
@@ -620,6 +640,22 @@ impl CountingBuffers for KernelMaps {
                 .set(cache_index(index, direction), zeros, 0)
                 .map_err(err)?;
         }
+        let fill = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| err(MapError::from(e)))?;
+        self.fill
+            .set(index, fill, 0)
+            .map_err(|source| KernelError::Map {
+                name: MAP_FILL,
+                source,
+            })?;
+        // The owners' quotas start again with the buffer (a key that cannot be removed keeps
+        // its owner's count one more interval: never more bytes lost, only fewer flows).
+        let owners: Vec<u64> = self.quota[index as usize]
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        for owner in owners {
+            let _ = self.quota[index as usize].remove(&owner);
+        }
         let flows = delete_all(
             &mut self.flows[index as usize],
             flows,
@@ -646,6 +682,28 @@ impl CountingBuffers for KernelMaps {
             *slot = sum_per_cpu(&values);
         }
         Ok(out)
+    }
+}
+
+impl KernelMaps {
+    /// Flow entries created in the buffer the programs write now (per-CPU counts summed): how
+    /// full it is, without walking it.
+    pub fn active_fill(&self) -> Result<u64, KernelError> {
+        let epoch = self
+            .control
+            .get(&CONTROL_ACTIVE, 0)
+            .map_err(|source| KernelError::Map {
+                name: MAP_CONTROL,
+                source,
+            })?;
+        let values = self
+            .fill
+            .get(&(epoch & 1), 0)
+            .map_err(|source| KernelError::Map {
+                name: MAP_FILL,
+                source,
+            })?;
+        Ok(values.iter().sum())
     }
 }
 

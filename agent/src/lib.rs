@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod k8s;
 pub mod kernel;
 pub mod kubecost;
+pub mod labels;
 pub mod metrics;
 pub mod nat;
 pub mod pipeline;

@@ -9,7 +9,7 @@ use agent::{
     aws::{self, AwsOptions, CloudFacts, SourcesSummary},
     checkpoint::{CheckpointStore, MapsIdentity, StartTotals},
     config::{CgroupRoot, Config, ConntrackMode},
-    drain::Drainer,
+    drain::{CountingBuffers as _, Drainer},
     identity::{find_cgroup2_mount, CgroupResolver},
     k8s, kernel,
     metrics::{MapLabels, Metrics, StartLabels},
@@ -165,6 +165,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let loaded = kernel::load(&kernel::LoadOptions {
         flow_entries: config.flow_entries,
         overflow_entries: config.overflow_entries,
+        flow_quota: config.flows_per_owner,
         pins: pins.as_deref(),
     })
     .map_err(|e| name_missing_capability(e, "loading the eBPF programs"))?;
@@ -185,20 +186,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let checkpoint = match store.as_ref().map(CheckpointStore::load).transpose() {
-        Ok(c) => c.flatten(),
+    let identity = MapsIdentity::current(maps_id);
+    let mut maps = maps;
+    let epoch = maps.epoch().context("reading the kernel's epoch")?;
+    let totals = match store.as_ref().map(CheckpointStore::load).transpose() {
+        Ok(checkpoint) => StartTotals::decide(
+            &origin,
+            other_layouts.first().map(PathBuf::as_path),
+            checkpoint.flatten(),
+            &identity,
+            epoch,
+        ),
+        // Corrupt, truncated or of a newer format: kept for whoever looks into it, and the
+        // totals start again (restoring part of it could take a counter back).
         Err(e) => {
-            tracing::error!(error = %e, "ignoring the checkpoint: the totals start from zero");
-            None
+            let aside = store.as_ref().map(CheckpointStore::set_aside);
+            let reason = match aside {
+                Some(Ok(p)) => format!("{e}; moved aside to {}", p.display()),
+                Some(Err(m)) => format!("{e}; could not move it aside: {m}"),
+                None => e.to_string(),
+            };
+            StartTotals::Reset {
+                reason,
+                incompatible: false,
+            }
         }
     };
-    let identity = MapsIdentity::current(maps_id);
-    let totals = StartTotals::decide(
-        &origin,
-        other_layouts.first().map(PathBuf::as_path),
-        checkpoint,
-        &identity,
-    );
     let drain_state = match &totals {
         StartTotals::Reset {
             reason,
@@ -225,8 +238,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "state"
     );
 
-    let mut registry = Registry::default();
-    let mut metrics = Metrics::new(&mut registry);
+    // Two registries: the totals, exposed only from an encoding made after their checkpoint was
+    // written, and the agent's own state, encoded at each scrape.
+    let mut durable = Registry::default();
+    let mut live = Registry::default();
+    let mut metrics = Metrics::new_split(&mut durable, &mut live);
     metrics.internet_route = router.internet_route(config.topology.own());
     metrics
         .start_info
@@ -245,7 +261,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .get_or_create(&MapLabels { map })
             .set(capacity as i64);
     }
-    let registry = Arc::new(registry);
+    let live = Arc::new(live);
+    let exposition = Arc::new(server::ExpositionCache::default());
 
     // What AWS says (our place when neither the config nor our Node says it, our subnets,
     // every subnet of the VPC), fetched in the background; bytes to private addresses are held
@@ -321,6 +338,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "totals restored from the checkpoint"
         );
     }
+    // What was restored is on the disk already: it may be served before the first drain.
+    publish(&exposition, &durable);
 
     // Attach last: the TRANSLATED trie is filled from conntrack by now, so our programs count
     // Service connections right from their first packet.
@@ -350,21 +369,42 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let bound = listener.local_addr().context("reading the bound address")?;
     tracing::info!(address = %bound, "serving metrics on http://{bound}/metrics");
-    tokio::spawn(server::serve(listener, registry.clone(), health.clone()));
+    tokio::spawn(server::serve(
+        listener,
+        exposition.clone(),
+        live.clone(),
+        health.clone(),
+        config.server.clone(),
+    ));
 
     // The drain runs on its own thread: its syscalls block, and a slow drain must not delay scrapes.
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let interval = config.drain_interval;
+    let flow_capacity = config.flow_entries;
     let drain_health = health.clone();
     let drain_thread = std::thread::Builder::new()
         .name("drain".into())
         .spawn(move || loop {
-            let stopping = !matches!(
-                stop_rx.recv_timeout(interval),
-                Err(mpsc::RecvTimeoutError::Timeout)
-            );
+            let stopping = wait_for_drain(&stop_rx, interval, || {
+                // Early when the buffer being written is half full: a flood of new flows must
+                // not fill the map before the interval ends.
+                let early = pipeline
+                    .drainer()
+                    .buffers()
+                    .active_fill()
+                    .is_ok_and(|n| n >= u64::from(flow_capacity / 2));
+                if early {
+                    metrics.early_drains.inc();
+                }
+                early
+            });
             match pipeline.tick() {
-                Ok(()) => drain_health.drained(),
+                Ok(durability) => {
+                    if durability.exposable() {
+                        publish(&exposition, &durable);
+                    }
+                    drain_health.drained();
+                }
                 Err(e) => {
                     metrics.drain_errors.inc();
                     tracing::warn!(error = %e, "drain failed; the entries stay in the kernel for the next one");
@@ -397,6 +437,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(kernel);
     Ok(())
+}
+
+/// Waits until the next drain is due: `interval` passed, `early()` says so (asked every 200 ms),
+/// or the agent stops (then true).
+fn wait_for_drain(
+    stop: &mpsc::Receiver<()>,
+    interval: Duration,
+    mut early: impl FnMut() -> bool,
+) -> bool {
+    const CHECK: Duration = Duration::from_millis(200);
+    let due = std::time::Instant::now() + interval;
+    loop {
+        let left = due.saturating_duration_since(std::time::Instant::now());
+        match stop.recv_timeout(left.min(CHECK)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return true,
+        }
+        if left <= CHECK || early() {
+            return false;
+        }
+    }
+}
+
+/// Encodes the totals for the server (on the drain thread: a scrape costs no encoding).
+fn publish(cache: &server::ExpositionCache, durable: &Registry) {
+    let mut text = String::with_capacity(256 * 1024);
+    match prometheus_client::encoding::text::encode(&mut text, durable) {
+        Ok(()) => cache.publish(text),
+        Err(e) => {
+            tracing::warn!(error = %e, "encoding the metrics failed; the previous encoding stays")
+        }
+    }
 }
 
 /// Wraps a load or attach error, naming the capability that is missing if one is: the kernel
@@ -559,5 +631,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_comes_at_the_interval_early_when_asked_or_at_once_when_stopping() {
+        let (tx, rx) = mpsc::channel::<()>();
+        let t = std::time::Instant::now();
+        assert!(!wait_for_drain(&rx, Duration::from_millis(300), || false));
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        let t = std::time::Instant::now();
+        let mut asked = 0;
+        assert!(!wait_for_drain(&rx, Duration::from_secs(60), || {
+            asked += 1;
+            asked == 2
+        }));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "early: {:?}",
+            t.elapsed()
+        );
+        tx.send(()).unwrap();
+        assert!(wait_for_drain(&rx, Duration::from_secs(60), || false));
     }
 }

@@ -114,6 +114,18 @@ pub struct PodLabels {
 }
 
 impl PodLabels {
+    /// The same labels with every value cleaned (see `labels::clean`).
+    pub fn cleaned(&self) -> PodLabels {
+        use crate::labels::owned;
+        PodLabels {
+            namespace: owned(&self.namespace),
+            pod: owned(&self.pod),
+            pod_uid: owned(&self.pod_uid),
+            workload_kind: owned(&self.workload_kind),
+            workload: owned(&self.workload),
+        }
+    }
+
     /// A pod known only by the UID in its cgroup path (no Kubernetes API, or the API never
     /// told us about it).
     pub fn uid_only(uid: &str) -> PodLabels {
@@ -221,6 +233,7 @@ pub struct Metrics {
     pub map_entry_errors: Counter,
     pub drain_duration: Histogram,
     pub drain_errors: Counter,
+    pub early_drains: Counter,
     pub programs_attached: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
     pub held_bytes: Gauge,
@@ -405,8 +418,17 @@ pub struct ResourceLabels {
 }
 
 impl Metrics {
+    /// Every metric in one registry.
     pub fn new(registry: &mut Registry) -> Metrics {
-        let m = Metrics {
+        let m = Metrics::unregistered();
+        m.register_durable(registry);
+        m.register_live(registry);
+        m.init();
+        m
+    }
+
+    fn unregistered() -> Metrics {
+        Metrics {
             bytes: Family::default(),
             packets: Family::default(),
             overflow_bytes: Family::default(),
@@ -419,6 +441,7 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
             drain_errors: Counter::default(),
+            early_drains: Counter::default(),
             programs_attached: Gauge::default(),
             build_info: Family::default(),
             held_bytes: Gauge::default(),
@@ -448,7 +471,39 @@ impl Metrics {
             topology_prefixes: Family::default(),
             topology_source_up: Family::default(),
             aws_errors: Family::default(),
-        };
+        }
+    }
+
+    fn init(&self) {
+        let m = self;
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                abi_version: agent_common::ABI_VERSION.to_string(),
+            })
+            .set(1);
+        // Alerts watch these: expose them at zero from the start.
+        for direction in Direction::BOTH {
+            let labels = DirectionLabels { direction };
+            let _ = m.overflow_bytes.get_or_create(&labels);
+            let _ = m.lost_bytes.get_or_create(&labels);
+            let _ = m.lost_packets.get_or_create(&labels);
+        }
+    }
+
+    /// The metrics with the totals (`durable`: what the checkpoint keeps, exposed only once the
+    /// checkpoint that holds them is written) and the agent's own state (`live`: encoded at
+    /// each scrape) in two registries.
+    pub fn new_split(durable: &mut Registry, live: &mut Registry) -> Metrics {
+        let m = Metrics::unregistered();
+        m.register_durable(durable);
+        m.register_live(live);
+        m.init();
+        m
+    }
+
+    fn register_durable(&self, registry: &mut Registry) {
+        let m = self;
         m.kubecost.register(registry);
         let r = registry.sub_registry_with_prefix("netcost");
         r.register_with_unit(
@@ -479,6 +534,63 @@ impl Metrics {
             "Packets that could be stored neither per flow nor per owner",
             m.lost_packets.clone(),
         );
+        r.register_with_unit(
+            "held",
+            "Bytes counted but not yet attributed: their pod is not yet known from the Kubernetes API, or the topology is not yet synced",
+            Unit::Bytes,
+            m.held_bytes.clone(),
+        );
+        r.register_with_unit(
+            "hold_expired",
+            "Bytes held longer than kubernetes.hold_unknown_seconds and then attributed with what was known (pod UID only, or an unplaced class)",
+            Unit::Bytes,
+            m.hold_expired_bytes.clone(),
+        );
+        r.register(
+            "pods_with_series",
+            "Pods that currently have series (including deleted pods in their grace period)",
+            m.pods_with_series.clone(),
+        );
+        r.register_with_unit(
+            "nat_resolved",
+            "Bytes of connections NAT rewrote, classified by the real remote end conntrack named",
+            Unit::Bytes,
+            m.nat_resolved_bytes.clone(),
+        );
+        r.register_with_unit(
+            "nat_unresolved",
+            "Bytes to a Service address whose connection conntrack did not name (classified by the Service address)",
+            Unit::Bytes,
+            m.nat_unresolved_bytes.clone(),
+        );
+        r.register_with_unit(
+            "network_cost",
+            "Cost of the bytes in netcost_network_bytes_total at the prices in force when they were counted (transfer, plus NAT gateway processing), by the same labels",
+            Unit::Other("dollars".into()),
+            m.cost.clone(),
+        );
+        r.register_with_unit(
+            "unpriced",
+            "Bytes that could not be priced: unplaced or unknown class, or no prices for our region",
+            Unit::Bytes,
+            m.unpriced_bytes.clone(),
+        );
+        r.register(
+            "price_dollars_per_gigabyte",
+            "Prices in force, USD per GB (2^30 bytes): cross_zone_out, cross_zone_in, inter_region_out, internet_out, nat_gateway",
+            m.price.clone(),
+        );
+        r.register_with_unit(
+            "kubecost_unmapped",
+            "Pod bytes that Kubecost's labels cannot express (unplaced, unknown) and that its metrics leave out",
+            Unit::Bytes,
+            m.kubecost.unmapped_bytes.clone(),
+        );
+    }
+
+    fn register_live(&self, registry: &mut Registry) {
+        let m = self;
+        let r = registry.sub_registry_with_prefix("netcost");
         r.register(
             "map_entries",
             "Entries found in a counting map at the last drain",
@@ -501,6 +613,11 @@ impl Metrics {
             m.drain_duration.clone(),
         );
         r.register(
+            "early_drains",
+            "Drains started before the interval because the buffer being written was half full",
+            m.early_drains.clone(),
+        );
+        r.register(
             "drain_errors",
             "Drains that failed (nothing is lost: the entries stay in the kernel)",
             m.drain_errors.clone(),
@@ -514,18 +631,6 @@ impl Metrics {
             "build_info",
             "Agent version and kernel ABI version (value is always 1)",
             m.build_info.clone(),
-        );
-        r.register_with_unit(
-            "held",
-            "Bytes counted but not yet attributed: their pod is not yet known from the Kubernetes API, or the topology is not yet synced",
-            Unit::Bytes,
-            m.held_bytes.clone(),
-        );
-        r.register_with_unit(
-            "hold_expired",
-            "Bytes held longer than kubernetes.hold_unknown_seconds and then attributed with what was known (pod UID only, or an unplaced class)",
-            Unit::Bytes,
-            m.hold_expired_bytes.clone(),
         );
         r.register(
             "kubernetes_synced",
@@ -541,11 +646,6 @@ impl Metrics {
             "kubernetes_watch_errors",
             "Errors of a Kubernetes watch (it resumes with backoff, relisting after 410 Gone)",
             m.kubernetes_watch_errors.clone(),
-        );
-        r.register(
-            "pods_with_series",
-            "Pods that currently have series (including deleted pods in their grace period)",
-            m.pods_with_series.clone(),
         );
         r.register(
             "conntrack_events",
@@ -587,41 +687,6 @@ impl Metrics {
             "Prefixes that could not be added to or removed from the kernel's TRANSLATED trie",
             m.translated_errors.clone(),
         );
-        r.register_with_unit(
-            "nat_resolved",
-            "Bytes of connections NAT rewrote, classified by the real remote end conntrack named",
-            Unit::Bytes,
-            m.nat_resolved_bytes.clone(),
-        );
-        r.register_with_unit(
-            "nat_unresolved",
-            "Bytes to a Service address whose connection conntrack did not name (classified by the Service address)",
-            Unit::Bytes,
-            m.nat_unresolved_bytes.clone(),
-        );
-        r.register_with_unit(
-            "network_cost",
-            "Cost of the bytes in netcost_network_bytes_total at the prices in force when they were counted (transfer, plus NAT gateway processing), by the same labels",
-            Unit::Other("dollars".into()),
-            m.cost.clone(),
-        );
-        r.register_with_unit(
-            "unpriced",
-            "Bytes that could not be priced: unplaced or unknown class, or no prices for our region",
-            Unit::Bytes,
-            m.unpriced_bytes.clone(),
-        );
-        r.register(
-            "price_dollars_per_gigabyte",
-            "Prices in force, USD per GB (2^30 bytes): cross_zone_out, cross_zone_in, inter_region_out, internet_out, nat_gateway",
-            m.price.clone(),
-        );
-        r.register_with_unit(
-            "kubecost_unmapped",
-            "Pod bytes that Kubecost's labels cannot express (unplaced, unknown) and that its metrics leave out",
-            Unit::Bytes,
-            m.kubecost.unmapped_bytes.clone(),
-        );
         r.register(
             "checkpoint_errors",
             "Checkpoints of the totals that could not be written (a restart then goes on from an older one)",
@@ -653,20 +718,6 @@ impl Metrics {
             "Failed requests to AWS (imds, ec2, credentials); the last good answer stays in use",
             m.aws_errors.clone(),
         );
-        m.build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-                abi_version: agent_common::ABI_VERSION.to_string(),
-            })
-            .set(1);
-        // Alerts watch these: expose them at zero from the start.
-        for direction in Direction::BOTH {
-            let labels = DirectionLabels { direction };
-            let _ = m.overflow_bytes.get_or_create(&labels);
-            let _ = m.lost_bytes.get_or_create(&labels);
-            let _ = m.lost_packets.get_or_create(&labels);
-        }
-        m
     }
 
     /// Creates a pod's series at zero, so a scraper sees every series before its first byte
@@ -769,7 +820,7 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::E
 /// (`x_total`, where OpenMetrics names the family `x`), and there is no `# UNIT` or `# EOF`.
 /// Without this, 0.0.4 parsers see the samples as untyped and `promtool check metrics` says
 /// "no help text".
-fn to_prometheus_text(open_metrics: &str) -> String {
+pub fn to_prometheus_text(open_metrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = open_metrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))

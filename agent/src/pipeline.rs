@@ -73,6 +73,23 @@ pub struct KubeView {
     pub health: Arc<crate::inventory::KubeHealth>,
 }
 
+/// Where a tick's totals stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// In the checkpoint on the disk: they may be exposed.
+    Saved,
+    /// Not written (the checkpoint failed): they must not be exposed yet.
+    NotSaved,
+    /// There is no checkpoint (no state directory): exposed as they are.
+    Volatile,
+}
+
+impl Durability {
+    pub fn exposable(self) -> bool {
+        self != Durability::NotSaved
+    }
+}
+
 pub struct PipelineOptions {
     pub series_grace: Duration,
     /// How long bytes wait for their pod's names or for the topology.
@@ -139,6 +156,9 @@ pub struct Pipeline<B> {
     held: HashMap<HeldKey, Held>,
     /// Per-connection entries to a Service address conntrack has not named yet.
     pending_nat: HashMap<FlowKey, Held>,
+    /// The last batch is in the totals but its checkpoint could not be written.
+    unsaved: bool,
+    save_failures: u64,
     /// Our region's prices, once our region is known (and in the table).
     prices: Option<Prices>,
     prices_for: Option<String>,
@@ -169,6 +189,8 @@ impl<B: CountingBuffers> Pipeline<B> {
             node_series: HashSet::new(),
             held: HashMap::new(),
             pending_nat: HashMap::new(),
+            unsaved: false,
+            save_failures: 0,
             prices: None,
             prices_for: None,
             options,
@@ -184,8 +206,18 @@ impl<B: CountingBuffers> Pipeline<B> {
     }
 
     /// One drain. On error nothing was taken out of the kernel that is not also accounted.
-    pub fn tick(&mut self) -> Result<(), B::Error> {
+    pub fn tick(&mut self) -> Result<Durability, B::Error> {
         let started = Instant::now();
+        // The last batch is in the totals but not on the disk: write it first. Until it is
+        // written, nothing more is drained and its entries stay in the kernel, so a restart
+        // counts them again from there (and never from totals that were not saved).
+        if self.unsaved {
+            if !self.write_checkpoint() {
+                return Ok(Durability::NotSaved);
+            }
+            self.unsaved = false;
+            self.drainer.commit()?;
+        }
         self.resolver.refresh_if_older(CGROUP_REFRESH);
         let batch = self.drainer.drain()?;
         let shared = self.kube.as_ref().map(|k| k.inventory.clone());
@@ -249,27 +281,44 @@ impl<B: CountingBuffers> Pipeline<B> {
         // Persist what this drain added before its entries leave the kernel: a crash in
         // between is then either before the checkpoint (the entries are drained again) or after
         // it (they are deleted unread); see `drain`.
-        self.write_checkpoint();
-        // Entries that could not be deleted are counted in `last_entry_errors` by the maps.
-        self.drainer.commit()?;
         self.metrics
             .drain_duration
             .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        if !self.write_checkpoint() {
+            self.unsaved = true;
+            return Ok(Durability::NotSaved);
+        }
+        // Entries that could not be deleted are counted in `last_entry_errors` by the maps.
+        self.drainer.commit()?;
+        Ok(if self.options.checkpoint.is_some() {
+            Durability::Saved
+        } else {
+            Durability::Volatile
+        })
     }
 
-    fn write_checkpoint(&self) {
+    /// Writes the checkpoint; false when it could not be written (counted and logged).
+    fn write_checkpoint(&mut self) -> bool {
         let Some((store, _)) = &self.options.checkpoint else {
-            return;
+            return true;
         };
         let checkpoint = self.snapshot(Instant::now());
         match store.save(&checkpoint) {
             Ok(size) => {
                 self.metrics.checkpoint_size.set(size as i64);
+                if self.save_failures > 0 {
+                    tracing::info!(failures = self.save_failures, "checkpoint written again; the drained entries kept in the kernel meanwhile are now counted");
+                }
+                self.save_failures = 0;
+                true
             }
             Err(e) => {
                 self.metrics.checkpoint_errors.inc();
-                tracing::warn!(error = %e, "checkpoint not written: a restart now would go on from the previous one");
+                self.save_failures += 1;
+                if self.save_failures == 1 || self.save_failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures = self.save_failures, "checkpoint not written: nothing new is exposed and the drained entries stay in the kernel until it is");
+                }
+                false
             }
         }
     }
@@ -390,7 +439,10 @@ impl<B: CountingBuffers> Pipeline<B> {
     pub fn restore(&mut self, checkpoint: &Checkpoint, now: Instant) {
         let m = self.metrics.clone();
         for t in &checkpoint.traffic {
-            let labels = &t.labels;
+            // The state disk is outside too: its labels are cleaned like the API's.
+            let mut labels = t.labels.clone();
+            labels.pod = labels.pod.cleaned();
+            let labels = &labels;
             if labels.owner == Owner::Pod {
                 self.note_series(&labels.pod);
                 self.note_extra(labels);
@@ -842,13 +894,15 @@ impl<B: CountingBuffers> Pipeline<B> {
     }
 }
 
+/// A pod's labels, from what the API said (cleaned: every field may be any string).
 pub fn labels_of(pod: &PodMeta) -> PodLabels {
+    use crate::labels::owned;
     PodLabels {
-        namespace: pod.namespace.clone(),
-        pod: pod.name.clone(),
-        pod_uid: pod.uid.clone(),
-        workload_kind: pod.workload.kind.clone(),
-        workload: pod.workload.name.clone(),
+        namespace: owned(&pod.namespace),
+        pod: owned(&pod.name),
+        pod_uid: owned(&pod.uid),
+        workload_kind: owned(&pod.workload.kind),
+        workload: owned(&pod.workload.name),
     }
 }
 
@@ -1240,6 +1294,60 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("netcost_held_bytes 0"), "{text}");
+    }
+
+    /// While the checkpoint cannot be written nothing new is exposed or deleted, nothing is
+    /// drained twice, and the first good save takes what waited.
+    #[test]
+    fn while_saves_fail_the_drained_entries_stay_in_the_kernel_and_count_once() {
+        let mut f = fixture("unsaved", Duration::from_secs(300));
+        list_pods(&f, vec![cart()]);
+        // A state "directory" that is a file: every save fails.
+        let state = f.dir.join("state");
+        std::fs::write(&state, "not a directory").unwrap();
+        f.pipeline.options.checkpoint = Some((
+            CheckpointStore::in_dir(&state),
+            MapsIdentity {
+                boot_id: "b".into(),
+                maps_id: 1,
+            },
+        ));
+        flow(&mut f, [203, 0, 113, 1], 1000);
+        let internet =
+            format!("pod_uid=\"{UID}\",traffic_class=\"internet\",direction=\"egress\"}} ");
+        let total = |f: &Fixture| {
+            exposition(f)
+                .lines()
+                .find(|l| l.starts_with("netcost_network_bytes_total") && l.contains(&internet))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        for _ in 0..3 {
+            assert_eq!(f.pipeline.tick().unwrap(), Durability::NotSaved);
+            assert_eq!(
+                f.pipeline.drainer.buffers().flows.len(),
+                1,
+                "the entry stays in the kernel"
+            );
+        }
+        assert_eq!(total(&f), Some(1000), "counted once in memory");
+        assert!(exposition(&f).contains("netcost_checkpoint_errors_total 3"));
+        // The disk comes back: the waiting batch is saved and deleted, then drains go on.
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        assert_eq!(f.pipeline.tick().unwrap(), Durability::Saved);
+        assert!(f.pipeline.drainer.buffers().flows.is_empty());
+        assert_eq!(total(&f), Some(1000));
+        flow(&mut f, [203, 0, 113, 1], 10);
+        assert_eq!(f.pipeline.tick().unwrap(), Durability::Saved);
+        assert_eq!(total(&f), Some(1010));
+        let saved = CheckpointStore::in_dir(&state).load().unwrap().unwrap();
+        let bytes: u64 = saved
+            .traffic
+            .iter()
+            .filter(|t| t.labels.destination.class == TrafficClass::Internet)
+            .map(|t| t.bytes)
+            .sum();
+        assert_eq!(bytes, 1010, "the checkpoint holds exactly what was counted");
     }
 
     #[test]

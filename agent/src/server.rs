@@ -1,25 +1,66 @@
-//! HTTP: `/metrics` (OpenMetrics or Prometheus text, negotiated), `/healthz`, `/readyz`.
+//! HTTP: `/metrics` (OpenMetrics or Prometheus text, negotiated; gzip when asked), `/healthz`,
+//! `/readyz`.
+//!
+//! The port is reachable by anyone who reaches the node, so every connection is bounded: its
+//! headers must arrive within `header_timeout`, a connection that makes no progress (reading a
+//! request or taking our answer) for `idle_timeout` is closed, at most `max_connections` are open
+//! (beyond: `503` and close, without reading), at most `max_scrapes` `/metrics` answers are in
+//! flight (beyond: `503`), and a request head is at most 16 KiB. `/metrics` serves the bytes the
+//! drain encoded once after its checkpoint was written (`ExpositionCache`): a scrape costs a copy
+//! of a pointer, not an encoding, and every stuck reader shares the same bytes.
 
 use std::{
     convert::Infallible,
+    future::Future,
+    io,
+    pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, OnceLock, PoisonError, RwLock,
     },
+    task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{body::Incoming, header, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Sleep,
+};
+
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::{
     inventory::KubeHealth,
-    metrics::{encode, Format},
+    metrics::{to_prometheus_text, Format},
 };
+
+/// How the server bounds what a client can hold (the `server` section of the config).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerOptions {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_scrapes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            max_connections: 1024,
+            max_scrapes: 256,
+        }
+    }
+}
+
+/// Longest request head read (hyper's smallest buffer limit).
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// What the probes report.
 pub struct Health {
@@ -71,12 +112,140 @@ impl Health {
     }
 }
 
-fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+/// One encoding of the totals (the durable registry), in OpenMetrics without its `# EOF`; the
+/// Prometheus text form and the gzipped forms are made from it when first asked for. A scrape
+/// sends it followed by the live registry, encoded then.
+pub struct Exposition {
+    open_metrics: Bytes,
+    prometheus: OnceLock<Bytes>,
+    gzip: [OnceLock<Bytes>; 2],
+}
+
+fn gzip(data: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+const EOF: &str = "# EOF\n";
+
+impl Exposition {
+    pub fn new(open_metrics: String) -> Exposition {
+        let open_metrics = match open_metrics.strip_suffix(EOF) {
+            Some(body) => body.to_owned(),
+            None => open_metrics,
+        };
+        Exposition {
+            open_metrics: Bytes::from(open_metrics),
+            prometheus: OnceLock::new(),
+            gzip: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    fn plain(&self, format: Format) -> Bytes {
+        match format {
+            Format::OpenMetrics => self.open_metrics.clone(),
+            Format::PrometheusText => self
+                .prometheus
+                .get_or_init(|| {
+                    Bytes::from(to_prometheus_text(&String::from_utf8_lossy(
+                        &self.open_metrics,
+                    )))
+                })
+                .clone(),
+        }
+    }
+
+    /// The totals' part of a body for `format`, gzipped or not.
+    fn part(&self, format: Format, compressed: bool) -> Bytes {
+        if !compressed {
+            return self.plain(format);
+        }
+        self.gzip[usize::from(format == Format::PrometheusText)]
+            .get_or_init(|| gzip(&self.plain(format)))
+            .clone()
+    }
+
+    /// The chunks of a whole body: the totals, then `live` (an OpenMetrics encoding of the live
+    /// registry, `# EOF` included). Gzipped, they are two gzip members, which a gzip reader
+    /// reads as one stream (RFC 1952 §2.2).
+    pub fn body(&self, format: Format, compressed: bool, live: &str) -> Vec<Bytes> {
+        let tail = match format {
+            Format::OpenMetrics => live.to_owned(),
+            Format::PrometheusText => to_prometheus_text(live),
+        };
+        let tail = if compressed {
+            gzip(tail.as_bytes())
+        } else {
+            Bytes::from(tail)
+        };
+        vec![self.part(format, compressed), tail]
+    }
+}
+
+/// The exposition the server answers with: replaced by the drain after each checkpoint.
+#[derive(Default)]
+pub struct ExpositionCache {
+    current: RwLock<Option<Arc<Exposition>>>,
+}
+
+impl ExpositionCache {
+    pub fn publish(&self, open_metrics: String) {
+        let e = Arc::new(Exposition::new(open_metrics));
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(e);
+    }
+
+    pub fn current(&self) -> Option<Arc<Exposition>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+type Body = PermitBody;
+
+/// A response body of a few chunks that holds its `/metrics` slot until it is sent (or the
+/// connection dies).
+pub struct PermitBody {
+    chunks: std::collections::VecDeque<Bytes>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl PermitBody {
+    fn new(chunks: Vec<Bytes>, permit: Option<OwnedSemaphorePermit>) -> PermitBody {
+        PermitBody {
+            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+            _permit: permit,
+        }
+    }
+}
+
+impl hyper::body::Body for PermitBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|c| Ok(hyper::body::Frame::data(c))),
+        )
+    }
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(PermitBody::new(vec![body.into()], None));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -85,34 +254,110 @@ fn text(
     r
 }
 
-fn handle(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Whether an `Accept-Encoding` header accepts gzip (and does not refuse it with `q=0`).
+fn accepts_gzip(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        v.split(',').any(|part| {
+            let mut it = part.split(';');
+            let coding = it.next().unwrap_or("").trim();
+            let refused = it.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+    })
+}
+
+struct Shared {
+    cache: Arc<ExpositionCache>,
+    /// The agent's own state, encoded at each scrape (small).
+    live: Arc<Registry>,
+    health: Arc<Health>,
+    scrapes: Arc<Semaphore>,
+}
+
+fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n");
     }
+    // Nothing here takes a body: one sent anyway is refused, and the connection closed.
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        let mut r = text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            PLAIN,
+            "no request body expected\n",
+        );
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
     match req.uri().path() {
         "/metrics" => {
+            let Ok(permit) = shared.scrapes.clone().try_acquire_owned() else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    "too many scrapes in flight\n",
+                );
+            };
+            let Some(exposition) = shared.cache.current() else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "no drain yet\n");
+            };
             let accept = req
                 .headers()
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
-            match encode(registry, format) {
-                Ok(body) => text(StatusCode::OK, format.content_type(), body),
-                Err(_) => text(
+            let gzip = accepts_gzip(
+                req.headers()
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let mut live = String::with_capacity(8 * 1024);
+            if prometheus_client::encoding::text::encode(&mut live, &shared.live).is_err() {
+                return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     PLAIN,
                     "encoding failed\n",
-                ),
+                );
             }
+            let body = exposition.body(format, gzip, &live);
+            let mut r = Response::new(PermitBody::new(body, Some(permit)));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(format.content_type()),
+            );
+            if gzip {
+                h.insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            h.insert(
+                header::VARY,
+                header::HeaderValue::from_static("Accept, Accept-Encoding"),
+            );
+            r
         }
-        "/healthz" if health.alive() => text(StatusCode::OK, PLAIN, "ok\n"),
+        "/healthz" if shared.health.alive() => text(StatusCode::OK, PLAIN, "ok\n"),
         "/healthz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             PLAIN,
             "drain loop stalled\n",
         ),
-        "/readyz" => match health.readiness() {
+        "/readyz" => match shared.health.readiness() {
             Ok(()) => text(StatusCode::OK, PLAIN, "ok\n"),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
         },
@@ -120,26 +365,178 @@ fn handle(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Resp
     }
 }
 
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, health: Arc<Health>) {
+/// Serves until the process ends.
+pub async fn serve(
+    listener: TcpListener,
+    cache: Arc<ExpositionCache>,
+    live: Arc<Registry>,
+    health: Arc<Health>,
+    options: ServerOptions,
+) {
+    let connections = Arc::new(Semaphore::new(options.max_connections));
+    let shared = Arc::new(Shared {
+        cache,
+        live,
+        health,
+        scrapes: Arc::new(Semaphore::new(options.max_scrapes)),
+    });
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
+                // EMFILE and the like: do not spin.
                 tracing::warn!(error = %e, "accepting a metrics connection failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let (registry, health) = (registry.clone(), health.clone());
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Full: say so without reading anything, and close.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            continue;
+        };
+        let shared = shared.clone();
+        let options = options.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
-                let response = handle(&req, &registry, &health);
+                let response = handle(&req, &shared);
                 async move { Ok::<_, Infallible>(response) }
             });
+            let io = Stalling::new(stream, options.idle_timeout);
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            // A scraper that hangs up mid-response is not our error.
+                .timer(TokioTimer::new())
+                .header_read_timeout(options.header_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .serve_connection(TokioIo::new(io), service);
+            // A scraper that hangs up mid-response, or is cut off, is not our error.
             let _ = conn.await;
         });
+    }
+}
+
+/// A stream that fails with `TimedOut` once neither reading nor writing made progress for
+/// `limit`: an idle keep-alive connection, or a client that stopped taking our answer.
+struct Stalling<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> Stalling<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Stalling {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        let next = tokio::time::Instant::now() + self.limit;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// On `Pending`: `Ready(Err)` once the deadline passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "no progress: connection closed")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Stalling<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(e) => Poll::Ready(e),
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_taken_only_when_accepted() {
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, gzip;q=1.0, *;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(None));
+    }
+
+    #[test]
+    fn an_exposition_is_encoded_once_and_gzipped_once() {
+        let e = Exposition::new("# TYPE a counter\na_total 1\n# EOF\n".into());
+        let live = "# TYPE b gauge\nb 2\n# EOF\n";
+        let plain: Vec<u8> = e.body(Format::PrometheusText, false, live).concat();
+        assert_eq!(
+            String::from_utf8(plain).unwrap(),
+            "# TYPE a_total counter\na_total 1\n# TYPE b gauge\nb 2\n"
+        );
+        let z1 = e.body(Format::OpenMetrics, true, live);
+        let z2 = e.body(Format::OpenMetrics, true, live);
+        assert_eq!(
+            z1[0].as_ptr(),
+            z2[0].as_ptr(),
+            "the same bytes, not a second compression"
+        );
+        let mut out = String::new();
+        use std::io::Read as _;
+        flate2::read::MultiGzDecoder::new(&z1.concat()[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            "# TYPE a counter\na_total 1\n# TYPE b gauge\nb 2\n# EOF\n"
+        );
     }
 }

@@ -35,6 +35,11 @@ pub struct AgentState {
 
 impl AgentState {
     pub fn new(name: &str) -> Result<AgentState> {
+        AgentState::with_size(name, "64m")
+    }
+
+    /// The same with a checkpoint file system of `size` (tmpfs `size=`), to fill it up.
+    pub fn with_size(name: &str, size: &str) -> Result<AgentState> {
         let root = std::env::temp_dir().join(format!("nct-state-{name}-{}", std::process::id()));
         let _ = Command::new("umount").arg(root.join("bpf")).output();
         let _ = Command::new("umount").arg(root.join("lib")).output();
@@ -52,7 +57,7 @@ impl AgentState {
             "-t",
             "tmpfs",
             "-o",
-            "size=64m",
+            &format!("size={size}"),
             "nct-state",
             &state.dir.to_string_lossy(),
         ])?;
@@ -100,9 +105,18 @@ pub fn agent_bin() -> Result<PathBuf> {
 
 /// A plain HTTP/1.0 GET on loopback: status and body.
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    http_get_with(port, path, &[])
+}
+
+/// The same with request headers.
+pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{extra}\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let code = text
@@ -212,6 +226,11 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&mut self) -> u32 {
+        self.proc.child().id()
     }
 
     /// The agent's `/proc/<pid>/status` (wrappers exec into the agent: same pid).

@@ -11,6 +11,7 @@ pub mod apiserver;
 pub mod awsapi;
 pub mod kubenode;
 pub mod meter;
+pub mod openmetrics;
 pub mod simnode;
 pub mod truth;
 
@@ -303,4 +304,30 @@ pub fn uri_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `promtool check metrics` on a Prometheus text exposition: clean means no output at all.
+pub fn promtool_check_metrics(body: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting promtool (Debian package `prometheus`)")?;
+    lint.stdin
+        .take()
+        .context("stdin")?
+        .write_all(body.as_bytes())?;
+    let out = lint.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() || !text.trim().is_empty() {
+        bail!("promtool check metrics:\n{text}");
+    }
+    Ok(())
 }

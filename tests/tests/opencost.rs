@@ -4,7 +4,6 @@
 //! lints the exposition. Prometheus listens on loopback only and scrapes only the agent.
 
 use std::{
-    io::Write,
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -187,27 +186,7 @@ fn opencost_queries_on_a_real_prometheus_give_the_measured_bytes_and_dollars() -
 
     // The exposition passes Prometheus' own linter.
     let (_, body) = agent.get("/metrics")?;
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting promtool (Debian package `prometheus`)")?;
-    lint.stdin
-        .take()
-        .context("stdin")?
-        .write_all(body.as_bytes())?;
-    let out = lint.wait_with_output()?;
-    let lint_text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        out.status.success() && lint_text.trim().is_empty(),
-        "promtool check metrics:\n{lint_text}"
-    );
+    netcost_tests::promtool_check_metrics(&body)?;
 
     let prometheus = Prometheus::start(agent.port)?;
     // Prometheus must have the pods' zero series before their first byte: increase() then sees

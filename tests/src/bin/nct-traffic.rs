@@ -11,6 +11,9 @@
 //!                        first, so TIME_WAIT stays on our side and no port is reused too soon.
 //! udp ADDR COUNT SIZE  — UDP: COUNT datagrams of SIZE payload bytes, each echoed, one in flight at a
 //!                        time so that no queue overflows.
+//! spray ADDR COUNT SIZE — UDP: one datagram of SIZE payload bytes to each of COUNT consecutive
+//!                        IPv4 addresses from ADDR's (same port), nothing awaited: a flood of new
+//!                        remote addresses.
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -39,6 +42,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         "udp" => udp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
+        "spray" => spray(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         other => bail!("unknown mode {other}"),
     }
 }
@@ -142,6 +146,26 @@ fn udp(addr: SocketAddr, count: u32, size: usize) -> Result<()> {
     }
     if echoed == 0 {
         bail!("no datagram came back from {addr}");
+    }
+    Ok(())
+}
+
+fn spray(start: SocketAddr, count: u32, size: usize) -> Result<()> {
+    let SocketAddr::V4(start) = start else {
+        bail!("spray takes an IPv4 address");
+    };
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let payload = vec![0x5au8; size];
+    let base = u32::from(*start.ip());
+    for i in 0..count {
+        let to = SocketAddr::from((std::net::Ipv4Addr::from(base.wrapping_add(i)), start.port()));
+        // A full socket buffer: wait for the device to take what is queued, and try again.
+        while let Err(e) = socket.send_to(&payload, to) {
+            if e.kind() != std::io::ErrorKind::WouldBlock && e.raw_os_error() != Some(105) {
+                return Err(e).with_context(|| format!("sending to {to}"));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
     Ok(())
 }
