@@ -389,6 +389,25 @@ pub struct StateConfig {
     pub dir: PathBuf,
 }
 
+/// A config file as `netcost-agent cleanup` reads it: its `state` section alone.
+#[derive(Debug, Default, Deserialize)]
+struct RawStateOnly {
+    #[serde(default)]
+    state: Option<RawState>,
+}
+
+impl StateConfig {
+    /// The `state` section of a config file; the rest of the file is not checked.
+    pub fn load(path: &std::path::Path) -> Result<StateConfig, ConfigError> {
+        let text = read_config(path)?;
+        let raw: RawStateOnly = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        state(raw.state.unwrap_or_default())
+    }
+}
+
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
@@ -429,10 +448,7 @@ pub const DEFAULT_LISTEN: &str = "[::]:3001";
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_config(path)?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.to_owned(),
@@ -572,6 +588,24 @@ fn server(raw: RawServer) -> Result<crate::server::ServerOptions, ConfigError> {
         )?,
         max_scrapes: count("server.max_scrapes", raw.max_scrapes, d.max_scrapes, 4096)?,
     })
+}
+
+/// Config files are small: a larger one is refused before it is parsed.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+fn read_config(path: &std::path::Path) -> Result<String, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Syntax {
+            path: path.to_owned(),
+            message: format!("{len} bytes, more than {MAX_CONFIG_BYTES}: not a config file"),
+        });
+    }
+    std::fs::read_to_string(path).map_err(read)
 }
 
 fn state(raw: RawState) -> Result<StateConfig, ConfigError> {

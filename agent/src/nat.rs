@@ -386,6 +386,13 @@ pub fn spawn_resolver(
         .spawn(move || {
             let mut reader = match Reader::start(&options, table, trie, metrics) {
                 Ok(r) => {
+                    // From here on this thread needs CAP_NET_ADMIN alone: ctnetlink checks the
+                    // sender's capability on every dump request (the resyncs).
+                    if let Err(e) =
+                        crate::privileges::drop_all_except(&[crate::privileges::CAP_NET_ADMIN])
+                    {
+                        tracing::warn!(error = %e, "the conntrack thread could not drop its other capabilities");
+                    }
                     let _ = ready_tx.send(Ok(()));
                     r
                 }

@@ -17,6 +17,56 @@ pub const REQUIRED: [(u32, &str, &str); 3] = [
     ),
 ];
 const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_NET_ADMIN: u32 = 12;
+
+/// Drops every capability of the calling thread but `keep` (effective, permitted and
+/// inheritable sets; ambient ones cleared; no new privileges on exec). Capabilities are per
+/// thread: threads created afterwards inherit the smaller sets, threads that exist already keep
+/// theirs (the caller makes sure none does).
+pub fn drop_all_except(keep: &[u32]) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut data = [Data::default(); 2];
+    for &cap in keep {
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        data[word].effective |= bit;
+        data[word].permitted |= bit;
+    }
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: plain prctl calls, and capset with a v3 header and two data words, as the kernel
+    // expects them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Fails with EINVAL on kernels without ambient capabilities: nothing to clear there.
+        let _ = libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// The effective capability set from a `/proc/<pid>/status` text.
 pub fn effective(status: &str) -> Option<u64> {
@@ -50,6 +100,25 @@ pub fn missing_capabilities() -> Vec<(&'static str, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_can_drop_what_it_does_not_keep() {
+        // On a thread of its own: the test process keeps its capabilities.
+        std::thread::spawn(|| {
+            drop_all_except(&[CAP_NET_ADMIN]).unwrap();
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let eff = effective(&status).unwrap();
+            assert_eq!(eff & !(1 << CAP_NET_ADMIN), 0, "{status}");
+            let permitted = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap();
+            assert_eq!(permitted & !(1 << CAP_NET_ADMIN), 0);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn names_what_is_missing() {

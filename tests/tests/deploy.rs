@@ -142,6 +142,21 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
             sc.read_only_root_filesystem == Some(true),
             "{dir}: readOnlyRootFilesystem"
         );
+        ensure!(
+            sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()) == Some("RuntimeDefault"),
+            "{dir}: seccompProfile RuntimeDefault"
+        );
+        // The runtime's default AppArmor profile denies writes under /sys/fs/[^c]*/**: nothing
+        // writable is mounted there.
+        for m in c.volume_mounts.iter().flatten() {
+            let under_sys_fs =
+                m.mount_path.starts_with("/sys/fs/") && !m.mount_path.starts_with("/sys/fs/cgroup");
+            ensure!(
+                m.read_only == Some(true) || !under_sys_fs,
+                "{dir}: {} is writable under /sys/fs",
+                m.mount_path
+            );
+        }
         let caps = sc.capabilities.as_ref().context("capabilities")?;
         let mut add = caps.add.clone().unwrap_or_default();
         add.sort();
@@ -207,7 +222,12 @@ fn every_kustomization_renders_into_valid_typed_objects() -> Result<()> {
         // they outlive the pod: a restart or upgrade goes on with the same totals.
         ensure!(config.state.pin, "{dir}: pinning off");
         for (what, path, host) in [
-            ("state.pin_dir", &config.state.pin_dir, "/sys/fs/bpf"),
+            // Only netcost's own directory of the host's bpffs.
+            (
+                "state.pin_dir",
+                &config.state.pin_dir,
+                "/sys/fs/bpf/netcost",
+            ),
             ("state.dir", &config.state.dir, "/var/lib/netcost"),
         ] {
             let mount = c
@@ -291,15 +311,35 @@ fn the_cleanup_daemonset_needs_no_capability() -> Result<()> {
     let ds = daemonset(&docs)?;
     let pod = pod_spec(&ds)?;
     let c = pod.containers.first().context("container")?;
+    let args: Vec<&str> = c.args.iter().flatten().map(String::as_str).collect();
     ensure!(
-        c.args.as_deref() == Some(&["cleanup".to_owned(), "--stay".to_owned()][..]),
-        "args {:?}",
-        c.args
+        args == ["cleanup", "--stay", "--pin-dir", "/run/netcost/bpf"],
+        "args {args:?}"
     );
     let sc = c.security_context.as_ref().context("securityContext")?;
     let caps = sc.capabilities.as_ref().context("capabilities")?;
     ensure!(caps.add.is_none(), "capabilities added: {:?}", caps.add);
     ensure!(sc.read_only_root_filesystem == Some(true), "read-only root");
+    ensure!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()) == Some("RuntimeDefault"),
+        "seccompProfile RuntimeDefault"
+    );
+    // --pin-dir is the mount of the host's /sys/fs/bpf/netcost, the default state dir the
+    // mount of /var/lib/netcost.
+    let mounted = |path: &str| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == path)
+            .and_then(|m| pod.volumes.iter().flatten().find(|v| v.name == m.name))
+            .and_then(|v| v.host_path.as_ref())
+            .map(|h| h.path.clone())
+    };
+    ensure!(
+        mounted("/run/netcost/bpf").as_deref() == Some("/sys/fs/bpf/netcost"),
+        "pins: {:?}",
+        mounted("/run/netcost/bpf")
+    );
     let defaults = agent::config::StateConfig::default();
     let hosts: Vec<String> = pod
         .volumes

@@ -214,3 +214,108 @@ fn cleanup_detaches_the_programs_and_removes_every_pin() -> Result<()> {
     ensure!(!checkpoint.exists(), "checkpoint left after cleanup");
     Ok(())
 }
+
+/// Uninstalling needs only to know where the state is: a config whose other sections this node
+/// would refuse (no zone, nothing to learn it from) does not stop `cleanup`, and `--pin-dir` /
+/// `--state-dir` say where when there is no config at all (the cleanup DaemonSet).
+#[test]
+fn cleanup_reads_only_where_the_state_is() -> Result<()> {
+    let _serial = serial();
+    let state = AgentState::new("cleanup-state-only")?;
+    let agent = Agent::start("cleanup-state-only", &config(&state, ""))?;
+    agent.stop()?;
+    ensure!(state.pin_dir().exists(), "nothing pinned");
+    let config_path = std::env::temp_dir().join("nct-cleanup-state-only.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "kubernetes: {{ enabled: false }}\nimds: {{ enabled: false }}\n{}",
+            state.yaml()
+        ),
+    )?;
+    let refused = std::process::Command::new(agent_bin()?)
+        .arg("--config")
+        .arg(&config_path)
+        .output()?;
+    ensure!(
+        !refused.status.success(),
+        "the agent itself accepted a config without a zone"
+    );
+    let out = std::process::Command::new(agent_bin()?)
+        .args(["cleanup", "--config"])
+        .arg(&config_path)
+        .output()?;
+    let _ = std::fs::remove_file(&config_path);
+    ensure!(
+        out.status.success(),
+        "cleanup refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(!state.pin_dir().exists(), "pins left after cleanup");
+    // Again without a config file, by flags.
+    let agent = Agent::start("cleanup-state-only-2", &config(&state, ""))?;
+    agent.stop()?;
+    let out = std::process::Command::new(agent_bin()?)
+        .args([
+            "cleanup",
+            "--config",
+            "/nonexistent/netcost.yaml",
+            "--pin-dir",
+        ])
+        .arg(state.pin_dir())
+        .arg("--state-dir")
+        .arg(&state.dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cleanup by flags: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !state.pin_dir().exists(),
+        "pins left after cleanup by flags"
+    );
+    ensure!(
+        !state.dir.join("checkpoint.json").exists(),
+        "checkpoint left"
+    );
+    Ok(())
+}
+
+/// A truncated checkpoint is not half-restored: it is moved aside (kept, not overwritten), and
+/// the agent starts with `totals="reset"`, saying why.
+#[test]
+fn a_truncated_checkpoint_is_kept_aside_and_the_totals_start_again() -> Result<()> {
+    let _serial = serial();
+    let state = AgentState::new("truncated")?;
+    let agent = Agent::start("truncated", &config(&state, ""))?;
+    agent.stop()?;
+    let path = state.dir.join("checkpoint.json");
+    let text = std::fs::read(&path)?;
+    std::fs::write(&path, &text[..text.len() / 2])?;
+    let agent = Agent::start("truncated-2", &config(&state, ""))?;
+    let info = start_info(&agent.metrics()?);
+    let aside: Vec<_> = std::fs::read_dir(&state.dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint.json.bad-"))
+        .collect();
+    let log = agent.stop()?;
+    eprintln!("start info {info:?}, set aside {aside:?}");
+    ensure!(
+        info.as_ref()
+            .is_some_and(|(_, totals, _)| totals == "reset"),
+        "{info:?}\n{log}"
+    );
+    ensure!(aside.len() == 1, "not kept aside: {aside:?}");
+    let kept = std::fs::read(state.dir.join(&aside[0]))?;
+    ensure!(
+        kept == text[..text.len() / 2],
+        "the kept file is not the truncated one"
+    );
+    ensure!(
+        log.contains("moved aside to"),
+        "the log does not say where: {log}"
+    );
+    Ok(())
+}
