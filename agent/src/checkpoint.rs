@@ -144,6 +144,18 @@ pub struct PendingConnection {
 }
 
 impl Checkpoint {
+    /// A checkpoint file's text, if it is one of this format.
+    pub fn parse(text: &str) -> Result<Checkpoint, String> {
+        let checkpoint: Checkpoint = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if checkpoint.format != FORMAT {
+            return Err(format!(
+                "format {} (this agent reads format {FORMAT})",
+                checkpoint.format
+            ));
+        }
+        Ok(checkpoint)
+    }
+
     /// Where the drain of `maps` stood when this was written; `None` if it was written for
     /// other maps (or before any drain).
     pub fn drain_state(&self, maps: &MapsIdentity) -> Option<DrainState> {
@@ -283,19 +295,12 @@ impl CheckpointStore {
                 })
             }
         };
-        let invalid = |message: String| CheckpointError::Invalid {
-            path: self.path.clone(),
-            message,
-        };
-        let checkpoint: Checkpoint =
-            serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        if checkpoint.format != FORMAT {
-            return Err(invalid(format!(
-                "format {} (this agent reads format {FORMAT})",
-                checkpoint.format
-            )));
-        }
-        Ok(Some(checkpoint))
+        Checkpoint::parse(&text)
+            .map(Some)
+            .map_err(|message| CheckpointError::Invalid {
+                path: self.path.clone(),
+                message,
+            })
     }
 
     /// Replaces the checkpoint atomically; returns its size in bytes.

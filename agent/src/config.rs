@@ -400,7 +400,7 @@ impl StateConfig {
     /// The `state` section of a config file; the rest of the file is not checked.
     pub fn load(path: &std::path::Path) -> Result<StateConfig, ConfigError> {
         let text = read_config(path)?;
-        let raw: RawStateOnly = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Syntax {
+        let raw: RawStateOnly = crate::yaml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
@@ -459,7 +459,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+        let raw: RawConfig = crate::yaml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: PathBuf::from("<config>"),
             message: e.to_string(),
         })?;

@@ -444,7 +444,7 @@ fn tuple(attrs: &[u8]) -> Result<Option<Tuple>, String> {
 
 /// Builds ctnetlink messages the way the kernel does, for the parser's tests.
 #[cfg(test)]
-mod encode {
+pub(crate) mod encode {
     use super::*;
 
     fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {

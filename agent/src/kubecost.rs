@@ -43,8 +43,10 @@ pub enum KubecostConfigError {
     },
 }
 
+// Unknown keys are errors that name them: a typo (`in_zone` for `in-zone`) would otherwise drop a
+// rule silently and misclassify every byte it was for.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     destinations: RawDestinations,
@@ -53,7 +55,7 @@ struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawDestinations {
     #[serde(default)]
     in_zone: Vec<String>,
@@ -68,6 +70,7 @@ struct RawDestinations {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDirect {
     region: String,
     zone: Option<String>,
@@ -76,7 +79,7 @@ struct RawDirect {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawServices {
     amazon_web_services: Option<bool>,
     google_cloud_services: Option<bool>,
@@ -86,6 +89,7 @@ struct RawServices {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawService {
     service: String,
     #[serde(default)]
@@ -108,7 +112,7 @@ pub struct KubecostRules {
 impl KubecostRules {
     pub fn parse(origin: &str, text: &str) -> Result<KubecostRules, KubecostConfigError> {
         let raw: RawConfig =
-            serde_saphyr::from_str(text).map_err(|e| KubecostConfigError::Syntax {
+            crate::yaml::from_str(text).map_err(|e| KubecostConfigError::Syntax {
                 origin: origin.to_owned(),
                 message: e.to_string(),
             })?;
@@ -281,5 +285,21 @@ services:
             .unwrap_err()
             .to_string();
         assert!(e.contains("config.yaml"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        for (typo, name) in [
+            ("in-zone:", "in_zone"),
+            ("amazon-web-services:", "amazon_web_service"),
+            ("destinations:", "destination"),
+        ] {
+            let text = CHART.replacen(typo, &format!("{name}:"), 1);
+            assert_ne!(text, CHART, "{typo}");
+            let e = KubecostRules::parse("config.yaml", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name) && e.contains("config.yaml"), "{e}");
+        }
     }
 }

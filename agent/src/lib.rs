@@ -11,6 +11,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod conntrack;
 pub mod drain;
+#[cfg(test)]
+mod fuzz;
 pub mod identity;
 pub mod inventory;
 pub mod k8s;
@@ -26,3 +28,4 @@ pub mod route;
 pub mod server;
 pub mod services;
 pub mod topology;
+pub mod yaml;

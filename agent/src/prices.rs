@@ -137,7 +137,7 @@ fn region_name_ok(name: &str) -> bool {
 impl PriceTable {
     /// Parses and checks a price file; every error names the field.
     pub fn parse(origin: &str, text: &str) -> Result<PriceTable, PriceError> {
-        let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| PriceError::Syntax {
+        let raw: RawFile = crate::yaml::from_str(text).map_err(|e| PriceError::Syntax {
             origin: origin.to_owned(),
             message: e.to_string(),
         })?;

@@ -485,6 +485,16 @@ tests:
         values: '2x10 1x20'
       - series: 'up{job="netcost-agent",instance="n2"}'
         values: '1x5 0x20'
+      # n3's disk fills up at minute 5; its drains fail from minute 8 to 20; its EndpointSlice
+      # watch never syncs.
+      - series: 'netcost_checkpoint_errors_total{instance="n3"}'
+        values: '0x5 1+2x30'
+      - series: 'netcost_drain_errors_total{instance="n3"}'
+        values: '0x8 1+1x12 13x30'
+      - series: 'netcost_kubernetes_synced{instance="n3",resource="endpointslices"}'
+        values: '0x30'
+      - series: 'netcost_kubernetes_synced{instance="n3",resource="pods"}'
+        values: '1x30'
     promql_expr_test:
       # Rounded: this promtool compares floats exactly.
       - expr: round(namespace:netcost_cost_dollars:rate1h, 0.000001)
@@ -504,6 +514,31 @@ tests:
           - exp_labels: { severity: critical, instance: n1 }
             exp_annotations:
               summary: "netcost on n1 has 1 of its 2 programs attached: bytes are not counted"
+      - eval_time: 15m
+        alertname: NetcostCheckpointFailing
+        exp_alerts:
+          - exp_labels: { severity: critical, instance: n3 }
+            exp_annotations:
+              summary: "netcost on n3 cannot write its checkpoint: its totals are frozen (nothing new is exposed) and the kernel's maps fill up; fix the state directory (full or read-only?)"
+      - eval_time: 3m
+        alertname: NetcostCheckpointFailing
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: NetcostDrainFailing
+        exp_alerts:
+          - exp_labels: { severity: critical, instance: n3 }
+            exp_annotations:
+              summary: "netcost on n3: drains fail, the kernel keeps its counts until one succeeds"
+      # Drains work again from minute 20: no alert 10 minutes later.
+      - eval_time: 32m
+        alertname: NetcostDrainFailing
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: NetcostInventoryNotSynced
+        exp_alerts:
+          - exp_labels: { severity: warning, instance: n3, resource: endpointslices }
+            exp_annotations:
+              summary: "netcost on n3: the endpointslices watch is not synced; bytes wait for names and zones (held), then lose them"
       - eval_time: 15m
         alertname: NetcostAgentDown
         exp_alerts:

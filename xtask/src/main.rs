@@ -35,7 +35,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   service-ranges FILE   regenerate the bundled AWS S3/DynamoDB ranges from ip-ranges.json
   prices OFFER [EC2_OFFER] [--out FILE]   reduce AWS Price List offer files to a price file
   bench   per-packet cost and throughput with and without the agent; memory with 250 pods;
-          conntrack resolver CPU per 1,000 new connections";
+          conntrack resolver CPU per 1,000 new connections
+  fuzz [--iterations N] [TARGET]   fuzz every parser of outside input longer than the tests do
+          (default 200,000 inputs each; TARGET: config, price_file, kubecost_config,
+          service_ranges, cgroup_paths_and_mounts, conntrack_messages, checkpoint, aws_answers)";
 
 fn main() -> Result<()> {
     let mut args = env::args().skip(1);
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
         "service-ranges" => ranges::run(&rest),
         "prices" => prices::run(&rest),
         "test" => test(&rest),
+        "fuzz" => fuzz(&rest),
         "bench" => {
             let tools = ensure_tools()?;
             let agent = build_agent(&tools)?;
@@ -345,5 +349,41 @@ fn test(args: &[String]) -> Result<()> {
             .args(args)
             .args(["--", "--test-threads=1"])
             .env("NETCOST_AGENT_BIN", &agent),
+    )
+}
+
+/// The parsers' fuzz tests (agent/src/fuzz.rs) with many more inputs, in release.
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut iterations = "200000".to_owned();
+    let mut target = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--iterations" => {
+                iterations = it.next().context("--iterations needs a number")?.clone();
+                iterations
+                    .parse::<u64>()
+                    .with_context(|| format!("--iterations {iterations:?}"))?;
+            }
+            t if !t.starts_with('-') => target = t.to_owned(),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let tools = ensure_tools()?;
+    step(&format!(
+        "fuzzing {} with {iterations} inputs each (release)",
+        if target.is_empty() {
+            "every parser"
+        } else {
+            &target
+        }
+    ));
+    status(
+        tools
+            .cargo()
+            .args(["test", "--release", "-p", "agent", "--lib"])
+            .arg(format!("fuzz::fuzz_{target}"))
+            .args(["--", "--nocapture"])
+            .env("NETCOST_FUZZ_ITERATIONS", &iterations),
     )
 }
