@@ -346,12 +346,47 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let bound = listener.local_addr().context("reading the bound address")?;
     tracing::info!(address = %bound, "serving metrics on http://{bound}/metrics");
+    let tls = match config.server.tls.clone() {
+        Some(files) => {
+            let tls = agent::tls::Tls::load(files).context("server.tls")?;
+            tokio::spawn(tls.clone().watch(Duration::from_secs(5)));
+            Some(tls)
+        }
+        None => None,
+    };
+    let auth = match config.server.auth_cache {
+        Some(ttl) => {
+            anyhow::ensure!(
+                kube_on,
+                "server.auth checks tokens with the Kubernetes API, which is not in use here"
+            );
+            let client = k8s::client(&config.kubernetes).await?;
+            Some(Arc::new(agent::auth::Authenticator::new(
+                Arc::new(agent::auth::KubeReviewer { client }),
+                ttl,
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(
+        tls = tls.is_some(),
+        bearer_tokens = auth.is_some(),
+        "metrics: {}",
+        match (&tls, &auth) {
+            (None, None) => "open (plain HTTP, no token)",
+            (Some(_), None) => "TLS, no token",
+            (None, Some(_)) => "bearer tokens over plain HTTP",
+            (Some(_), Some(_)) => "TLS and bearer tokens",
+        }
+    );
     tokio::spawn(server::serve(
         listener,
         exposition.clone(),
         live.clone(),
         health.clone(),
         config.server.clone(),
+        auth,
+        tls,
     ));
 
     // The drain runs on its own thread: its syscalls block, and a slow drain must not delay scrapes.

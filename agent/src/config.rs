@@ -7,6 +7,8 @@
 //!   idle_timeout_seconds: 15   # no progress (idle keep-alive, a reader that stopped): closed
 //!   max_connections: 1024      # beyond: 503 and close
 //!   max_scrapes: 256           # /metrics answers in flight; beyond: 503
+//!   tls: { cert_file: /etc/netcost/tls/tls.crt, key_file: /etc/netcost/tls/tls.key }  # reloaded on change
+//!   auth: { kubernetes: true, cache_seconds: 60 }  # bearer tokens: TokenReview + SubjectAccessReview
 //! drain_interval_seconds: 5
 //! cgroup_root: auto            # or a path; auto reads /proc/mounts
 //! maps: { flow_entries: 65536, overflow_entries: 4096, flows_per_owner: 16384 }
@@ -130,6 +132,22 @@ struct RawServer {
     idle_timeout_seconds: Option<f64>,
     max_connections: Option<u32>,
     max_scrapes: Option<u32>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    kubernetes: Option<bool>,
+    cache_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -539,6 +557,12 @@ impl Config {
         .map(PathBuf::from);
         let state = state(raw.state.unwrap_or_default())?;
         let server = server(raw.server.unwrap_or_default())?;
+        if server.auth_cache.is_some() && kubernetes.mode == KubernetesMode::Off {
+            return Err(field_error(
+                "server.auth.kubernetes",
+                "checks tokens with the Kubernetes API, which kubernetes.enabled: false turns off",
+            ));
+        }
         Ok(Config {
             server,
             state,
@@ -587,6 +611,31 @@ fn server(raw: RawServer) -> Result<crate::server::ServerOptions, ConfigError> {
             65_536,
         )?,
         max_scrapes: count("server.max_scrapes", raw.max_scrapes, d.max_scrapes, 4096)?,
+        tls: match raw.tls {
+            None => None,
+            Some(t) => {
+                let path = |field: &str, v: Option<String>| -> Result<PathBuf, ConfigError> {
+                    let p = optional(field, v)?
+                        .ok_or_else(|| field_error(field, "required with server.tls"))?;
+                    if !p.starts_with('/') {
+                        return Err(field_error(field, format!("{p:?} is not an absolute path")));
+                    }
+                    Ok(PathBuf::from(p))
+                };
+                Some(crate::tls::TlsFiles {
+                    cert: path("server.tls.cert_file", t.cert_file)?,
+                    key: path("server.tls.key_file", t.key_file)?,
+                })
+            }
+        },
+        auth_cache: match raw.auth {
+            Some(a) if a.kubernetes.unwrap_or(true) => Some(seconds(
+                "server.auth.cache_seconds",
+                a.cache_seconds.unwrap_or(60.0),
+                1.0..=3600.0,
+            )?),
+            _ => None,
+        },
     })
 }
 

@@ -5,6 +5,7 @@
 //! [`topology`] classifies remote addresses, [`metrics`] and [`server`] expose the result, and
 //! [`pipeline`] runs the steps in that order.
 
+pub mod auth;
 pub mod aws;
 pub mod bpf_sys;
 pub mod checkpoint;
@@ -27,5 +28,6 @@ pub mod privileges;
 pub mod route;
 pub mod server;
 pub mod services;
+pub mod tls;
 pub mod topology;
 pub mod yaml;

@@ -7,7 +7,9 @@
 //! (beyond: `503` and close, without reading), at most `max_scrapes` `/metrics` answers are in
 //! flight (beyond: `503`), and a request head is at most 16 KiB. `/metrics` serves the bytes the
 //! drain encoded once after its checkpoint was written (`ExpositionCache`): a scrape costs a copy
-//! of a pointer, not an encoding, and every stuck reader shares the same bytes.
+//! of a pointer, not an encoding, and every stuck reader shares the same bytes. Optionally TLS
+//! (`tls`) and bearer tokens checked against the Kubernetes API (`auth`) guard `/metrics`;
+//! `/healthz` and `/readyz` stay open.
 
 use std::{
     convert::Infallible,
@@ -35,17 +37,24 @@ use tokio::{
 use prometheus_client::registry::Registry;
 
 use crate::{
+    auth::Authenticator,
     inventory::KubeHealth,
     metrics::{to_prometheus_text, Format},
+    tls::Tls,
 };
 
-/// How the server bounds what a client can hold (the `server` section of the config).
+/// How the server bounds what a client can hold, and who may scrape (the `server` section of
+/// the config).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerOptions {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_scrapes: usize,
+    /// TLS on the port, from these files (reloaded when they change).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Bearer tokens checked with TokenReview and SubjectAccessReview, answers kept this long.
+    pub auth_cache: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +64,8 @@ impl Default for ServerOptions {
             idle_timeout: Duration::from_secs(15),
             max_connections: 1024,
             max_scrapes: 256,
+            tls: None,
+            auth_cache: None,
         }
     }
 }
@@ -278,6 +289,29 @@ struct Shared {
     live: Arc<Registry>,
     health: Arc<Health>,
     scrapes: Arc<Semaphore>,
+    auth: Option<Arc<Authenticator>>,
+}
+
+/// Checks the scraper's token when authentication is on; `None` when it may go on.
+async fn refused(req: &Request<Incoming>, shared: &Shared) -> Option<Response<Body>> {
+    let auth = shared.auth.as_ref()?;
+    if req.uri().path() != "/metrics" {
+        return None;
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let refusal = auth.check(header).await.err()?;
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut r = text(status, PLAIN, format!("{}\n", refusal.reason));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"netcost\""),
+        );
+    }
+    Some(r)
 }
 
 fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
@@ -372,6 +406,8 @@ pub async fn serve(
     live: Arc<Registry>,
     health: Arc<Health>,
     options: ServerOptions,
+    auth: Option<Arc<Authenticator>>,
+    tls: Option<Arc<Tls>>,
 ) {
     let connections = Arc::new(Semaphore::new(options.max_connections));
     let shared = Arc::new(Shared {
@@ -379,6 +415,7 @@ pub async fn serve(
         live,
         health,
         scrapes: Arc::new(Semaphore::new(options.max_scrapes)),
+        auth,
     });
     loop {
         let stream = match listener.accept().await {
@@ -399,22 +436,46 @@ pub async fn serve(
         };
         let shared = shared.clone();
         let options = options.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |req| {
-                let response = handle(&req, &shared);
-                async move { Ok::<_, Infallible>(response) }
-            });
             let io = Stalling::new(stream, options.idle_timeout);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(options.header_timeout)
-                .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(TokioIo::new(io), service);
-            // A scraper that hangs up mid-response, or is cut off, is not our error.
-            let _ = conn.await;
+            match acceptor {
+                None => serve_http(io, shared, &options).await,
+                // The handshake is part of the request head's time.
+                Some(acceptor) => {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(options.header_timeout, acceptor.accept(io)).await
+                    {
+                        serve_http(tls, shared, &options).await;
+                    }
+                }
+            }
         });
     }
+}
+
+async fn serve_http<T>(io: T, shared: Arc<Shared>, options: &ServerOptions)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            let response = match refused(&req, &shared).await {
+                Some(r) => r,
+                None => handle(&req, &shared),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(io), service);
+    // A scraper that hangs up mid-response, or is cut off, is not our error.
+    let _ = conn.await;
 }
 
 /// A stream that fails with `TimedOut` once neither reading nor writing made progress for

@@ -16,6 +16,8 @@ use crate::Proc;
 pub struct Agent {
     proc: Proc,
     pub port: u16,
+    /// The CA of the agent's certificate when it serves TLS: requests go through curl.
+    pub ca: Option<PathBuf>,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     /// The agent's own pins and checkpoint, when the test did not give a `state:` section.
@@ -131,6 +133,35 @@ pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<
     Ok((code, body))
 }
 
+/// An HTTPS GET through curl, checking the certificate against `ca`: status and body.
+pub fn https_get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    ca: &std::path::Path,
+) -> Result<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n%{http_code}"]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    let out = cmd
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .context("running curl")?;
+    if !out.status.success() {
+        bail!("curl: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("no status from curl")?;
+    Ok((
+        code.trim().parse().context("curl's status")?,
+        body.to_owned(),
+    ))
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -141,25 +172,31 @@ impl Agent {
     /// Starts the agent with `config` (YAML without `listen`, which is added) and waits until it
     /// is ready (programs attached, one drain done, inventory synced if it uses the API).
     pub fn start(name: &str, config: &str) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/readyz", &[], &[])
+        Agent::start_waiting_for(name, config, "/readyz", &[], &[], None)
     }
 
     /// Starts the agent with these environment variables (e.g. AWS credentials and endpoint
     /// overrides) and waits until it is ready.
     pub fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/readyz", &[], env)
+        Agent::start_waiting_for(name, config, "/readyz", &[], env, None)
+    }
+
+    /// Starts an agent that serves TLS with a certificate signed by `ca`, and waits until it is
+    /// ready.
+    pub fn start_tls(name: &str, config: &str, ca: &std::path::Path) -> Result<Agent> {
+        Agent::start_waiting_for(name, config, "/readyz", &[], &[], Some(ca))
     }
 
     /// Starts the agent through `wrapper` (a command that ends by running the argv it is given,
     /// e.g. `setpriv … --`), and waits until it is ready.
     pub fn start_wrapped(name: &str, config: &str, wrapper: &[&str]) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/readyz", wrapper, &[])
+        Agent::start_waiting_for(name, config, "/readyz", wrapper, &[], None)
     }
 
     /// Starts the agent and waits only until it is alive (`/healthz`): for tests where its
     /// Kubernetes API is not there yet.
     pub fn start_unready(name: &str, config: &str) -> Result<Agent> {
-        Agent::start_waiting_for(name, config, "/healthz", &[], &[])
+        Agent::start_waiting_for(name, config, "/healthz", &[], &[], None)
     }
 
     fn start_waiting_for(
@@ -168,6 +205,7 @@ impl Agent {
         probe: &str,
         wrapper: &[&str],
         env: &[(&str, &str)],
+        ca: Option<&std::path::Path>,
     ) -> Result<Agent> {
         let port = free_port()?;
         let dir = std::env::temp_dir();
@@ -209,6 +247,7 @@ impl Agent {
                 what: "netcost-agent".into(),
             },
             port,
+            ca: ca.map(std::path::Path::to_owned),
             config_path,
             log_path,
             _state: state,
@@ -280,9 +319,17 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// A plain HTTP/1.0 GET on loopback.
+    /// A GET on loopback (HTTPS through curl when the agent serves TLS).
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.port, path)
+        self.get_with(path, &[])
+    }
+
+    /// The same with request headers.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+        match &self.ca {
+            None => http_get_with(self.port, path, headers),
+            Some(ca) => https_get(self.port, path, headers, ca),
+        }
     }
 
     pub fn metrics(&self) -> Result<Samples> {

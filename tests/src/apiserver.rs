@@ -120,6 +120,10 @@ struct Inner {
     snapshots: Vec<Snapshot>,
     next_snapshot: u64,
     next_uid: u64,
+    /// Bearer token → (user, groups), for TokenReview.
+    tokens: BTreeMap<String, (String, Vec<String>)>,
+    /// Users and groups allowed `get` on the non-resource URL /metrics.
+    metrics_readers: std::collections::BTreeSet<String>,
 }
 
 impl Default for ApiState {
@@ -140,6 +144,8 @@ impl ApiState {
                 snapshots: Vec::new(),
                 next_snapshot: 1,
                 next_uid: 1,
+                tokens: BTreeMap::new(),
+                metrics_readers: Default::default(),
             }),
             changed: Condvar::new(),
         }
@@ -269,6 +275,22 @@ impl ApiState {
     }
 
     /// Every request received so far, in order.
+    /// A bearer token TokenReview accepts as `user` in `groups`.
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        self.lock().tokens.insert(
+            token.to_owned(),
+            (
+                user.to_owned(),
+                groups.iter().map(|g| g.to_string()).collect(),
+            ),
+        );
+    }
+
+    /// Lets a user or group `get` the non-resource URL /metrics (SubjectAccessReview).
+    pub fn allow_metrics(&self, user_or_group: &str) {
+        self.lock().metrics_readers.insert(user_or_group.to_owned());
+    }
+
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.lock().requests.clone()
     }
@@ -486,6 +508,8 @@ struct Request {
     target: String,
     /// The client asked to close the connection after this response (or cannot keep it).
     close: bool,
+    /// The body, for the POSTs the double answers (reviews); at most 1 MiB is kept.
+    body: Vec<u8>,
 }
 
 /// Reads one request head and consumes its body. `None` at a clean end of the connection.
@@ -513,6 +537,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         method: method.to_owned(),
         target: target.to_owned(),
         close: version == "HTTP/1.0",
+        body: Vec::new(),
     };
     let mut content_length = 0u64;
     loop {
@@ -544,7 +569,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         }
     }
     if content_length > 0 {
-        io::copy(&mut reader.by_ref().take(content_length), &mut io::sink())?;
+        let keep = content_length.min(1 << 20);
+        reader.by_ref().take(keep).read_to_end(&mut req.body)?;
+        io::copy(
+            &mut reader.by_ref().take(content_length - keep),
+            &mut io::sink(),
+        )?;
     }
     Ok(Some(req))
 }
@@ -573,6 +603,7 @@ fn serve_connection(conn: TcpStream, shared: &Shared) {
 fn reason_phrase(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -951,6 +982,11 @@ fn handle(shared: &Shared, req: &Request, w: &mut TcpStream) -> io::Result<()> {
         query: raw_query.to_owned(),
         watch,
     });
+    if req.method == "POST" {
+        if let Some(answer) = review(state, path, &req.body) {
+            return write_json(w, 201, &answer);
+        }
+    }
     if req.method != "GET" {
         let s = status(
             405,
@@ -984,6 +1020,41 @@ fn handle(shared: &Shared, req: &Request, w: &mut TcpStream) -> io::Result<()> {
         (None, true) => serve_watch(shared, &target, &query, &sel, w),
         (None, false) => list(state, &target, &query, &sel, w),
     }
+}
+
+/// TokenReview and SubjectAccessReview, answered from the tokens and readers the test set.
+fn review(state: &ApiState, path: &str, body: &[u8]) -> Option<Value> {
+    let mut obj: Value = serde_json::from_slice(body).ok()?;
+    let inner = state.lock();
+    match path {
+        "/apis/authentication.k8s.io/v1/tokenreviews" => {
+            let token = obj["spec"]["token"].as_str().unwrap_or_default();
+            obj["status"] = match inner.tokens.get(token) {
+                Some((user, groups)) => json!({"authenticated": true, "user": {
+                    "username": user, "uid": uid_for(user), "groups": groups}}),
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            };
+        }
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews" => {
+            let spec = &obj["spec"];
+            let who: Vec<&str> = std::iter::once(spec["user"].as_str().unwrap_or_default())
+                .chain(
+                    spec["groups"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str),
+                )
+                .collect();
+            let attrs = &spec["nonResourceAttributes"];
+            let allowed = attrs["path"] == "/metrics"
+                && attrs["verb"] == "get"
+                && who.iter().any(|w| inner.metrics_readers.contains(*w));
+            obj["status"] = json!({"allowed": allowed});
+        }
+        _ => return None,
+    }
+    Some(obj)
 }
 
 fn get(state: &ApiState, target: &Target, name: &str, w: &mut TcpStream) -> io::Result<()> {

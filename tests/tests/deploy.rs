@@ -17,10 +17,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-const KUSTOMIZATIONS: [&str; 3] = [
+const KUSTOMIZATIONS: [&str; 4] = [
     "deploy/base",
     "deploy/overlays/prometheus-operator",
     "deploy/overlays/kubecost",
+    "deploy/overlays/metrics-auth",
 ];
 
 fn render(dir: &str) -> Result<Vec<Value>> {

@@ -10,13 +10,12 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use netcost_tests::{
     agent::{Agent, Samples},
-    apiserver::{pod_json, ApiServer, ApiState, RequestRecord, ServerOptions},
+    apiserver::{pod_json, ApiServer, ApiState, ServerOptions},
     kubenode::{add_pod, cluster, config, names, with_container, NODE},
     serial,
     simnode::{Family, Offloads, SimNode},
     truth::{compare_with_meters, run_plan, Transfer, PLAN, TOLERANCE},
 };
-use serde_json::Value;
 
 const DRAIN: Duration = Duration::from_millis(500);
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_nct-traffic");
@@ -64,73 +63,6 @@ fn check(node: &SimNode, samples: &Samples, plan: &[Transfer], agent: Agent) -> 
     if !failures.is_empty() {
         bail!("{}\nagent log:\n{log}", failures.join("\n"));
     }
-    Ok(())
-}
-
-/// (API group, resource, verb) of a request the agent made.
-fn permission(r: &RequestRecord) -> Result<(String, String, String)> {
-    let parts: Vec<&str> = r.path.trim_matches('/').split('/').collect();
-    let (group, rest) = match parts.as_slice() {
-        ["api", _version, rest @ ..] => ("", rest),
-        ["apis", group, _version, rest @ ..] => (*group, rest),
-        _ => bail!("unexpected API path {}", r.path),
-    };
-    let rest = match rest {
-        ["namespaces", _ns, rest @ ..] => rest,
-        rest => rest,
-    };
-    let (resource, verb) = match rest {
-        [resource] if r.watch => (*resource, "watch"),
-        [resource] => (*resource, "list"),
-        [resource, _name] => (*resource, "get"),
-        _ => bail!("unexpected API path {}", r.path),
-    };
-    Ok((group.into(), resource.into(), verb.into()))
-}
-
-/// Every request the agent made is allowed by the ClusterRole in deploy/rbac/rbac.yaml, and that
-/// role grants nothing the agent did not use.
-fn assert_within_rbac(state: &ApiState) -> Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac/rbac.yaml");
-    let text = std::fs::read_to_string(path)?;
-    let mut granted = std::collections::BTreeSet::new();
-    for doc in text.split("\n---\n") {
-        let doc: Value = serde_saphyr::from_str(doc).with_context(|| format!("parsing {path}"))?;
-        if doc["kind"] != "ClusterRole" {
-            continue;
-        }
-        for rule in doc["rules"].as_array().into_iter().flatten() {
-            for g in rule["apiGroups"].as_array().into_iter().flatten() {
-                for r in rule["resources"].as_array().into_iter().flatten() {
-                    for v in rule["verbs"].as_array().into_iter().flatten() {
-                        granted.insert((
-                            g.as_str().unwrap_or_default().to_owned(),
-                            r.as_str().unwrap_or_default().to_owned(),
-                            v.as_str().unwrap_or_default().to_owned(),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    let mut used = std::collections::BTreeSet::new();
-    for r in state.requests() {
-        let p = permission(&r)?;
-        ensure!(
-            granted.contains(&p),
-            "request {} {}?{} needs {p:?}, which the ClusterRole does not grant",
-            r.method,
-            r.path,
-            r.query
-        );
-        used.insert(p);
-    }
-    eprintln!("RBAC used: {used:?}");
-    ensure!(
-        used == granted,
-        "the ClusterRole grants more than the agent used: {:?}",
-        granted.difference(&used).collect::<Vec<_>>()
-    );
     Ok(())
 }
 
@@ -186,7 +118,7 @@ fn pods_nodes_and_zones_come_from_the_api() -> Result<()> {
             );
         }
     }
-    assert_within_rbac(&state)?;
+    netcost_tests::rbac::assert_within(&state, &netcost_tests::rbac::granted_by_file()?)?;
     check(&node, &samples, PLAN, agent)
 }
 

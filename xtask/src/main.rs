@@ -26,6 +26,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("prometheus", "promtool"),
     ("kubernetes-client", "kubectl"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
