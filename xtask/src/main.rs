@@ -60,6 +60,16 @@ fn main() -> Result<()> {
         "bench" => {
             let tools = ensure_tools()?;
             let agent = build_agent(&tools)?;
+            // The empty program the bench measures the statistics' own cost with.
+            step("building netcost-bench-probe (release)");
+            status(tools.cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "agent",
+                "--bin",
+                "netcost-bench-probe",
+            ]))?;
             bench::run(&tools, &agent)?;
             kube_bench(&tools, &agent)?;
             nat_bench(&tools, &agent)
