@@ -6,7 +6,12 @@
 #![no_std]
 
 pub mod account;
+mod maps;
 pub mod wire;
+
+pub use maps::{
+    map_spec, translated_prefix_len, MapEntries, MapKind, MapSpec, MAPS, TRANSLATED_HOST_LOOKUP,
+};
 
 /// Bump when any map layout or meaning below changes; user space refuses an object of another
 /// version and later pins live under a path that carries it.
@@ -194,6 +199,24 @@ impl FlowKey {
     pub fn remote_octets(&self) -> [u8; 16] {
         words_to_octets(&self.remote)
     }
+
+    /// The remote address; the inverse of `addr_words`.
+    pub fn remote_addr(&self) -> core::net::IpAddr {
+        key_addr(self.family, self.remote_octets())
+    }
+
+    /// The local address of a per-connection key.
+    pub fn local_addr(&self) -> core::net::IpAddr {
+        key_addr(self.family, self.local_octets())
+    }
+}
+
+fn key_addr(family: u8, o: [u8; 16]) -> core::net::IpAddr {
+    if family == FAMILY_IPV4 {
+        core::net::IpAddr::V4(core::net::Ipv4Addr::new(o[0], o[1], o[2], o[3]))
+    } else {
+        core::net::IpAddr::V6(core::net::Ipv6Addr::from(o))
+    }
 }
 
 fn words_to_octets(words: &[u32; 4]) -> [u8; 16] {
@@ -280,6 +303,32 @@ mod tests {
             };
             assert_eq!(back, addr, "{text}");
             assert_eq!(family == FAMILY_IPV4, addr.is_ipv4());
+        }
+    }
+
+    // Moved from the agent's pipeline with the conversion it tests.
+    #[test]
+    fn remote_addresses_round_trip() {
+        let v4 = [u32::from_ne_bytes([203, 0, 113, 5]), 0, 0, 0];
+        let k = FlowKey::new(1, v4, FAMILY_IPV4, 0);
+        assert_eq!(
+            k.remote_addr(),
+            "203.0.113.5".parse::<core::net::IpAddr>().unwrap()
+        );
+        let v6: core::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let o = v6.octets();
+        let words = core::array::from_fn(|i| {
+            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        });
+        let k = FlowKey::new(1, words, FAMILY_IPV6, 1);
+        assert_eq!(k.remote_addr(), core::net::IpAddr::V6(v6));
+    }
+
+    #[test]
+    fn map_table_names_every_map_once() {
+        for (i, m) in MAPS.iter().enumerate() {
+            assert_eq!(map_spec(m.name), Some(m));
+            assert!(MAPS[..i].iter().all(|o| o.name != m.name), "{}", m.name);
         }
     }
 }

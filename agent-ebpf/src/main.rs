@@ -24,7 +24,7 @@ use agent_common::{
     CacheEntry, Counter, FlowKey, OverflowKey, TranslatedKey, CACHE_ENTRIES, CONTROL_ACTIVE,
     CONTROL_ENTRIES, CONTROL_FLOW_QUOTA, DEFAULT_FLOW_ENTRIES, DEFAULT_OVERFLOW_ENTRIES,
     DEFAULT_QUOTA_ENTRIES, DEFAULT_TRANSLATED_ENTRIES, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    FILL_ENTRIES, LOST_ENTRIES,
+    FILL_ENTRIES, LOST_ENTRIES, TRANSLATED_HOST_LOOKUP,
 };
 use core::mem::MaybeUninit;
 
@@ -176,7 +176,7 @@ impl Translated for KernelTranslated {
     #[inline(always)]
     fn contains(&self, key: &FlowKey) -> bool {
         TRANSLATED
-            .get(Key::new(32 + 128, TranslatedKey::of(key)))
+            .get(Key::new(TRANSLATED_HOST_LOOKUP, TranslatedKey::of(key)))
             .is_some()
     }
 }

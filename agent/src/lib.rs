@@ -1,33 +1,30 @@
-//! netcost agent: kernel maps → drain → attribute → classify → expose.
-//!
-//! Each step is a module that can be read alone: [`kernel`] loads and attaches the programs,
-//! [`drain`] takes their counts out losslessly, [`identity`] attributes cgroups to pods,
-//! [`topology`] classifies remote addresses, [`metrics`] and [`server`] expose the result, and
-//! [`pipeline`] runs the steps in that order.
+//! netcost agent. The data goes one way: kernel maps → drain → attribute → classify → price →
+//! expose, and the totals are kept (state) before the kernel entries they came from are deleted.
+//! Inputs on the side feed attribution and classification: the Kubernetes and AWS inventory
+//! (`inventory`) and conntrack (`classify::nat`). `vocab` is the ground floor every stage speaks;
+//! `pipeline` runs one drain through the stages in order. See ARCHITECTURE.md.
 
-pub mod auth;
-pub mod aws;
-pub mod bpf_sys;
-pub mod checkpoint;
+pub mod vocab;
+
 pub mod config;
-pub mod conntrack;
+
+pub mod kernel;
+
 pub mod drain;
+
+pub mod inventory;
+
+pub mod attribute;
+
+pub mod classify;
+
+pub mod price;
+
+pub mod expose;
+
+pub mod state;
+
+pub mod pipeline;
+
 #[cfg(test)]
 mod fuzz;
-pub mod identity;
-pub mod inventory;
-pub mod k8s;
-pub mod kernel;
-pub mod kubecost;
-pub mod labels;
-pub mod metrics;
-pub mod nat;
-pub mod pipeline;
-pub mod prices;
-pub mod privileges;
-pub mod route;
-pub mod server;
-pub mod services;
-pub mod tls;
-pub mod topology;
-pub mod yaml;

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use agent::{checkpoint::CheckpointStore, config::Config, config::StateConfig, kernel};
+use agent::config::{Config, StateConfig};
 use tracing_subscriber::EnvFilter;
 
 mod app;
@@ -140,33 +140,13 @@ fn run_cleanup(
         ..state
     };
     let mut ok = true;
-    match kernel::cleanup(&state.pin_dir) {
-        Ok(done) => {
-            for line in &done {
-                println!("{line}");
+    for line in app::cleanup(&state) {
+        match line {
+            Ok(done) => println!("{done}"),
+            Err(e) => {
+                eprintln!("netcost-agent cleanup: {e}");
+                ok = false;
             }
-            if done.is_empty() {
-                println!(
-                    "no pins under {} and no netcost program attached",
-                    state.pin_dir.display()
-                );
-            }
-        }
-        Err(e) => {
-            eprintln!("netcost-agent cleanup: {e}");
-            ok = false;
-        }
-    }
-    let store = CheckpointStore::in_dir(&state.dir);
-    match store.remove() {
-        Ok(true) => println!("removed {}", store.path.display()),
-        Ok(false) => {}
-        Err(e) => {
-            eprintln!(
-                "netcost-agent cleanup: removing {}: {e}",
-                store.path.display()
-            );
-            ok = false;
         }
     }
     if stay {

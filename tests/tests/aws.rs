@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use agent::aws::{
+use agent::inventory::aws::{
     credentials::{self, Env, Provider, Source},
     ec2::{self, Ec2},
     http::HttpClient,
@@ -38,7 +38,10 @@ fn token_file(name: &str, token: &str) -> std::path::PathBuf {
 async fn subnets_with(
     env: &Env,
     imds: Option<&Arc<Imds>>,
-) -> (Source, anyhow::Result<Vec<agent::aws::xml::Subnet>>) {
+) -> (
+    Source,
+    anyhow::Result<Vec<agent::inventory::aws::xml::Subnet>>,
+) {
     let http = HttpClient::new();
     let source = credentials::find(env, imds)
         .await

@@ -364,7 +364,7 @@ fn test(args: &[String]) -> Result<()> {
     )
 }
 
-/// The parsers' fuzz tests (agent/src/fuzz.rs) with many more inputs, in release.
+/// The parsers' fuzz tests (agent/src/fuzz/) with many more inputs, in release.
 fn fuzz(args: &[String]) -> Result<()> {
     let mut iterations = "200000".to_owned();
     let mut target = String::new();

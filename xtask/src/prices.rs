@@ -272,9 +272,9 @@ mod tests {
         );
         assert!(yaml.contains("nat_gateway_per_gb: 0.045"), "{yaml}");
         // The agent reads it as a price file.
-        let table = agent::prices::PriceTable::parse("reduced", &yaml).unwrap();
+        let table = agent::price::PriceTable::parse("reduced", &yaml).unwrap();
         let p =
-            agent::prices::Prices::for_region(&table, "us-east-1", 0, &Default::default()).unwrap();
+            agent::price::Prices::for_region(&table, "us-east-1", 0, &Default::default()).unwrap();
         assert_eq!(
             (p.internet_out, p.cross_zone_in, p.nat_gateway_per_gb),
             (0.09, 0.01, Some(0.045))

@@ -3,7 +3,7 @@
 //! the kernel's statistics charge for a program that does nothing.
 use std::{fs::File, path::PathBuf};
 
-use agent::identity::find_cgroup2_mount;
+use agent::attribute::identity::find_cgroup2_mount;
 use anyhow::Context as _;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 
