@@ -19,7 +19,7 @@ use agent::{
     },
     config::{CgroupRoot, Config, StateConfig},
     drain::{self, CountingBuffers as _, DrainMetrics, Drainer},
-    expose::{server, tls::Tls, ExpositionCache, Health, TrafficMetrics},
+    expose::{server, tls::Tls, DestinationMetrics, ExpositionCache, Health, TrafficMetrics},
     inventory::{
         aws::{self, AwsMetrics, AwsOptions, CloudFacts, SourcesSummary},
         kube::{self, KubeMetrics},
@@ -265,13 +265,16 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             nat_table,
             config.nat.wait,
             TopologyMetrics::register(&mut registries),
-        ),
+        )
+        .name_peers_if(config.destinations.enabled),
+        destinations: DestinationMetrics::register(&mut registries, &config.destinations),
         pricer: Pricer::new(
             price_table,
             config.prices.clone(),
             PriceMetrics::register(&mut registries),
         ),
     };
+    let scrape_metrics = server::ScrapeMetrics::register(&mut registries);
     let saver = checkpoint.map(|(store, maps)| Saver::new(store, maps, checkpoint_metrics));
     let mut pipeline = Pipeline::new(drainer, stages, saver, drain_metrics.clone());
     // Before anything is served: no scrape ever sees the totals start again.
@@ -325,11 +328,15 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             (Some(_), Some(_)) => "TLS and bearer tokens",
         }
     );
+    let served = server::Served {
+        cache: exposition.clone(),
+        live: Arc::new(live),
+        health: health.clone(),
+        metrics: scrape_metrics,
+    };
     tokio::spawn(server::serve(
         listener,
-        exposition.clone(),
-        Arc::new(live),
-        health.clone(),
+        served,
         config.server.clone(),
         auth,
         tls,

@@ -26,5 +26,9 @@ pub mod state;
 
 pub mod pipeline;
 
+/// After the trip: `netcost-agent report` reads what agents exposed (through Prometheus or
+/// `/metrics`) and says what to change.
+pub mod report;
+
 #[cfg(test)]
 mod fuzz;

@@ -9,6 +9,7 @@ mod app;
 
 const USAGE: &str = "usage: netcost-agent [--config FILE]
        netcost-agent cleanup [--config FILE] [--pin-dir DIR] [--state-dir DIR] [--stay]
+       netcost-agent report (--prometheus URL [--since 7d] | --metrics URL [--over 60s]) [...]
 
 Counts every pod's network bytes in the kernel and serves them as Prometheus metrics.
   --config FILE   configuration (default: $NETCOST_CONFIG, else /etc/netcost/config.yaml)
@@ -16,6 +17,7 @@ Counts every pod's network bytes in the kernel and serves them as Prometheus met
   cleanup         detach the programs and remove every pin and the checkpoint (uninstall);
                   --pin-dir and --state-dir say where (default: the config's state section);
                   --stay then waits for SIGTERM (for a DaemonSet that cleans every node)
+  report          cost per workload, top destinations and what to change (report --help)
 Logging: RUST_LOG (default: info).";
 
 fn main() -> ExitCode {
@@ -25,6 +27,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args().nth(1).as_deref() == Some("report") {
+        return run_report(std::env::args().skip(2));
+    }
     let mut args = std::env::args().skip(1);
     let mut cleanup = false;
     let mut stay = false;
@@ -109,6 +114,42 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netcost-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `netcost-agent report`: reads, prints, changes nothing.
+fn run_report(args: impl Iterator<Item = String>) -> ExitCode {
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{}", agent::report::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let options = match agent::report::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netcost-agent report: {e}\n{}", agent::report::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("netcost-agent report: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::report::run(&options)) {
+        Ok(report) => {
+            print!("{}", agent::report::render(&report, options.format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netcost-agent report: {e}");
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,7 @@ pub mod awsapi;
 pub mod kubenode;
 pub mod meter;
 pub mod openmetrics;
+pub mod prometheus;
 pub mod rbac;
 pub mod simnode;
 pub mod truth;

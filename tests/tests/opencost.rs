@@ -4,20 +4,19 @@
 //! lints the exposition. Prometheus listens on loopback only and scrapes only the agent.
 
 use std::{
-    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use netcost_tests::{
-    agent::{free_port, http_get, Agent},
+    agent::Agent,
     apiserver::{ApiServer, ApiState},
     kubenode::{cluster, config, names},
+    prometheus::{now, value, Prometheus},
     serial,
     simnode::{Offloads, SimNode},
     truth::{run_plan, PLAN, TOLERANCE},
-    Proc,
 };
 use serde_json::Value;
 
@@ -70,93 +69,6 @@ fn price_of(class: &str) -> f64 {
         "cross_region" => 0.02,
         _ => 0.09,
     }
-}
-
-/// A Prometheus server in a temporary directory, killed and removed on drop.
-struct Prometheus {
-    _proc: Proc,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Prometheus {
-    fn start(target_port: u16) -> Result<Prometheus> {
-        let dir = std::env::temp_dir().join(format!("nct-prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\n\
-                 scrape_configs:\n  - job_name: netcost\n    static_configs: [{{ targets: [\"127.0.0.1:{target_port}\"] }}]\n"
-            ),
-        )?;
-        let port = free_port()?;
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("log"))?)
-            .spawn()
-            .context("starting prometheus (Debian package `prometheus`)")?;
-        let p = Prometheus {
-            _proc: Proc::new(child, "prometheus"),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while p.get("/-/ready").ok().map(|(c, _)| c) != Some(200) {
-            ensure!(
-                Instant::now() < deadline,
-                "prometheus not ready: {}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(p)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-    }
-
-    fn get(&self, path_and_query: &str) -> Result<(u16, String)> {
-        http_get(self.port, path_and_query)
-    }
-
-    /// An instant query at `time` (Unix seconds); the result vector.
-    fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>> {
-        let q = format!(
-            "/api/v1/query?query={}&time={time:.3}",
-            netcost_tests::uri_encode(expr)
-        );
-        let (code, body) = self.get(&q)?;
-        ensure!(code == 200, "query {expr}: HTTP {code}: {body}");
-        let v: Value = serde_json::from_str(&body)?;
-        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
-    }
-}
-
-fn value(v: &Value) -> Result<f64> {
-    v["value"][1]
-        .as_str()
-        .context("no value")?
-        .parse()
-        .context("not a number")
 }
 
 #[test]
@@ -341,11 +253,4 @@ fn opencost_queries_on_a_real_prometheus_give_the_measured_bytes_and_dollars() -
         );
     }
     Ok(())
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

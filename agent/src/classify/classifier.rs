@@ -17,18 +17,19 @@ use prometheus_client::{
 
 use super::{
     layers::{aws_layer, cluster_topology},
-    nat::{NatTable, Resolution, SharedNat},
+    nat::{self, NatTable, Resolution, SharedNat},
+    peers::PeerIndex,
     pending::{self, PendingConnection},
     route::Router,
     topology::{Layer, PlaceSource, StaticTopology, Tier},
 };
 use crate::{
-    attribute::{Held, Hold},
+    attribute::{Held, HeldKey, Hold, Identity},
     inventory::{
         aws::{SharedCloud, SourceState},
         Inventory, KubeView,
     },
-    vocab::{Destination, Place, Registries, Route, TrafficClass},
+    vocab::{Destination, Peer, PeerKind, Place, Registries, Route, TrafficClass},
 };
 
 /// How long bytes wait for an optional source (EndpointSlices) that fails without ever having
@@ -40,6 +41,16 @@ const OPTIONAL_PATIENCE: Duration = Duration::from_secs(30);
 pub struct TopologyMetrics {
     prefixes: Family<SourceLabels, Gauge>,
     source_up: Family<SourceLabels, Gauge>,
+    node_info: Family<NodeInfoLabels, Gauge>,
+}
+
+/// This node's name and place, as `netcost report` joins them to the node's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeInfoLabels {
+    node: String,
+    zone: String,
+    zone_id: String,
+    region: String,
 }
 
 /// A source of the classification table (`PlaceSource`).
@@ -62,7 +73,25 @@ impl TopologyMetrics {
             "1 when a source of the classification table is on and its last answer succeeded",
             m.source_up.clone(),
         );
+        r.register(
+            "node_info",
+            "1, labelled with this node's name, zone, zone ID and region as the agent knows them (empty when unknown)",
+            m.node_info.clone(),
+        );
         m
+    }
+
+    fn set_node(&self, node: &str, own: &Place) {
+        self.node_info.clear();
+        let clean = |v: Option<&str>| crate::vocab::owned(v.unwrap_or(""));
+        self.node_info
+            .get_or_create(&NodeInfoLabels {
+                node: clean(Some(node)),
+                zone: clean(own.zone.as_deref()),
+                zone_id: clean(own.zone_id.as_deref()),
+                region: clean(own.region.as_deref()),
+            })
+            .set(1);
     }
 
     fn set(family: &Family<SourceLabels, Gauge>, source: PlaceSource, value: i64) {
@@ -117,6 +146,10 @@ pub struct Classifier {
     pending: Hold<FlowKey>,
     nat_wait: Duration,
     metrics: TopologyMetrics,
+    /// Who remote addresses are, when destinations are named (`None`: they are not).
+    peers: Option<PeerIndex>,
+    /// This node's own addresses (the owner of node bytes).
+    node_addresses: Vec<IpAddr>,
 }
 
 impl Classifier {
@@ -141,6 +174,23 @@ impl Classifier {
             pending: Hold::default(),
             nat_wait,
             metrics,
+            peers: None,
+            node_addresses: Vec::new(),
+        }
+    }
+
+    /// Names remote ends for destination series (a lookup table of the cluster's addresses).
+    pub fn name_peers(mut self) -> Classifier {
+        self.peers = Some(PeerIndex::default());
+        self.topology_key = None;
+        self
+    }
+
+    pub fn name_peers_if(self, on: bool) -> Classifier {
+        if on {
+            self.name_peers()
+        } else {
+            self
         }
     }
 
@@ -207,6 +257,26 @@ impl Classifier {
             TopologyMetrics::set(&self.metrics.prefixes, source, n as i64);
         }
         self.topology_key = Some(key);
+        let node = self.kube.as_ref().map_or("", |k| k.node_name.as_str());
+        self.metrics.set_node(node, self.topology.own());
+        if let (Some(inv), Some(kube)) = (inventory, &self.kube) {
+            if self.peers.is_some() {
+                self.peers = Some(PeerIndex::build(inv, self.topology.own()));
+            }
+            self.node_addresses = inv
+                .node(&kube.node_name)
+                .map(|n| n.addresses.clone())
+                .unwrap_or_default();
+            // Incoming connections to these are remembered with their port.
+            if let Some(table) = &self.nat {
+                let pods = inv
+                    .pods()
+                    .filter(|p| !p.finished)
+                    .flat_map(|p| p.ips.clone());
+                let local: Vec<IpAddr> = pods.chain(self.node_addresses.iter().copied()).collect();
+                nat::lock(table).served.set_local(local);
+            }
+        }
     }
 
     /// `netcost_topology_source_up`: each source on and answering.
@@ -339,5 +409,53 @@ impl Classifier {
             }
             _ => None,
         }
+    }
+}
+
+impl Classifier {
+    /// The remote end of `key`'s bytes for destination series: named by the cluster if it can,
+    /// else by its address (grouped outside the VPC), with the serving port when the remote end
+    /// opened the connection.
+    /// The port of ours the remote end of `key` opened a connection to, if it did (conntrack's
+    /// serving ports; `None` without conntrack).
+    pub fn served_port(
+        &self,
+        inventory: Option<&Inventory>,
+        nat: Option<&NatTable>,
+        key: &HeldKey,
+    ) -> Option<u16> {
+        let (nat, remote) = (nat?, key.remote?);
+        let pod_ips = match &key.identity {
+            Identity::Pod { uid, .. } => inventory
+                .and_then(|i| i.pod(uid))
+                .map(|p| p.ips.as_slice())
+                .filter(|ips| !ips.is_empty()),
+            _ => None,
+        };
+        nat.served
+            .port(pod_ips.unwrap_or(&self.node_addresses), remote)
+    }
+
+    /// The remote end as destination series name it, with the serving port if it came in.
+    pub fn peer(&self, key: &HeldKey, destination: &Destination, port: Option<u16>) -> Peer {
+        let Some(remote) = key.remote else {
+            return Peer::other();
+        };
+        let named = self.peers.as_ref().and_then(|p| p.get(remote));
+        let mut peer = match (named, &destination.service) {
+            (Some(p), _) => p.clone(),
+            (None, Some(tag)) => Peer::named(PeerKind::AwsService, "", tag, None),
+            (None, None) => {
+                let external = matches!(
+                    destination.class,
+                    TrafficClass::Internet | TrafficClass::RegionalPublic
+                ) || (destination.class == TrafficClass::CrossRegion
+                    && !self.topology.is_private(remote));
+                let zone = self.topology.lookup(remote).and_then(|p| p.zone.as_deref());
+                Peer::address(remote, external, zone)
+            }
+        };
+        peer.port = port.unwrap_or(0);
+        peer
     }
 }

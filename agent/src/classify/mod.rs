@@ -10,6 +10,7 @@ pub mod classifier;
 pub mod kubecost;
 pub mod layers;
 pub mod nat;
+pub mod peers;
 pub mod pending;
 pub mod route;
 pub mod services;

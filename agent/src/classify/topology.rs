@@ -158,6 +158,11 @@ impl StaticTopology {
         &self.own
     }
 
+    /// Whether `addr` is in the VPC's ranges or a private range (never the internet).
+    pub fn is_private(&self, addr: IpAddr) -> bool {
+        self.vpc.iter().any(|c| c.contains(addr))
+    }
+
     /// A copy with another own place.
     pub fn with_own(&self, own: Place) -> Self {
         StaticTopology {

@@ -51,6 +51,11 @@
 //!   pin: true                  # pin maps and links in bpffs so counting goes on without us
 //!   pin_dir: /sys/fs/bpf/netcost   # must be on bpffs; pins go to <pin_dir>/v<ABI>/
 //!   dir: /var/lib/netcost      # the totals checkpoint (written at every drain)
+//! destinations:                # each owner's top remote ends, by bytes (netcost_destination_*)
+//!   enabled: true
+//!   top: 10                    # per owner and direction; the rest in remote_kind="other"
+//!   max_series: 5000           # all owners together; admissions beyond it are counted
+//!   half_life_seconds: 600     # of the decayed ranking that keeps the top stable
 //! topology:                    # our place: config, else our Node's labels, else IMDS
 //!   region: us-east-1
 //!   zone: us-east-1a
@@ -255,6 +260,29 @@ pub struct TopologyConfig {
     pub entries: Vec<(Cidr, Place)>,
 }
 
+/// Top destinations per owner and direction (`netcost_destination_*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationsConfig {
+    pub enabled: bool,
+    /// Remote ends kept per owner and direction (the rest go to `other`).
+    pub top: usize,
+    /// Most destination series at once, all owners together; admissions beyond are counted.
+    pub max_series: usize,
+    /// Half-life of the decayed ranking (how fast a new heavy talker overtakes an old one).
+    pub half_life: Duration,
+}
+
+impl Default for DestinationsConfig {
+    fn default() -> Self {
+        DestinationsConfig {
+            enabled: true,
+            top: 10,
+            max_series: 5_000,
+            half_life: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Where the agent keeps what must outlive it: pinned maps and links (the kernel goes on counting
 /// while no agent runs) and the checkpoint of its totals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +332,7 @@ pub struct Config {
     /// Kubecost's network-costs `config.yaml`, accepted as it is.
     pub kubecost_config: Option<PathBuf>,
     pub state: StateConfig,
+    pub destinations: DestinationsConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "[::]:3001";

@@ -107,6 +107,7 @@ pub(super) fn config(text: &str) -> Result<Config, ConfigError> {
     )?
     .map(PathBuf::from);
     let state = state(raw.state.unwrap_or_default())?;
+    let destinations = destinations(raw.destinations.unwrap_or_default())?;
     let server = server(raw.server.unwrap_or_default(), drain_interval)?;
     if server.auth_cache.is_some() && kubernetes.mode == KubernetesMode::Off {
         return Err(field_error(
@@ -115,6 +116,7 @@ pub(super) fn config(text: &str) -> Result<Config, ConfigError> {
         ));
     }
     Ok(Config {
+        destinations,
         server,
         state,
         kubecost_config,

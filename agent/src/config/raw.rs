@@ -38,6 +38,17 @@ pub(super) struct RawConfig {
     pub(super) kubecost: Option<RawKubecost>,
     #[serde(default)]
     pub(super) state: Option<RawState>,
+    #[serde(default)]
+    pub(super) destinations: Option<RawDestinations>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDestinations {
+    pub(super) enabled: Option<bool>,
+    pub(super) top: Option<u32>,
+    pub(super) max_series: Option<u32>,
+    pub(super) half_life_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

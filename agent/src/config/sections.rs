@@ -248,3 +248,31 @@ pub(super) fn topology(raw: RawTopology) -> Result<TopologyConfig, ConfigError> 
     }
     Ok(TopologyConfig { own, vpc, entries })
 }
+
+pub(super) fn destinations(raw: RawDestinations) -> Result<DestinationsConfig, ConfigError> {
+    let d = DestinationsConfig::default();
+    let count =
+        |field: &str, v: Option<u32>, default: usize, range: std::ops::RangeInclusive<u32>| match v
+        {
+            None => Ok(default),
+            Some(n) if range.contains(&n) => Ok(n as usize),
+            Some(n) => Err(field_error(
+                field,
+                format!("{n} is outside {}..={}", range.start(), range.end()),
+            )),
+        };
+    Ok(DestinationsConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        top: count("destinations.top", raw.top, d.top, 1..=100)?,
+        max_series: count(
+            "destinations.max_series",
+            raw.max_series,
+            d.max_series,
+            16..=1_000_000,
+        )?,
+        half_life: match raw.half_life_seconds {
+            None => d.half_life,
+            Some(s) => seconds("destinations.half_life_seconds", s, 10.0..=86_400.0)?,
+        },
+    })
+}

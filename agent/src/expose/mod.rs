@@ -5,6 +5,7 @@
 //! metric groups (durable: the checkpoint keeps them), `/metrics`, `/healthz`, `/readyz`.
 
 pub mod auth;
+pub mod destinations;
 pub mod exposition;
 pub mod health;
 pub mod kubecost;
@@ -12,6 +13,7 @@ pub mod server;
 pub mod tls;
 pub mod traffic;
 
+pub use destinations::{DestinationLabels, DestinationMetrics, DestinationTotal};
 pub use exposition::{encode, ExpositionCache, Format};
 pub use health::Health;
 pub use kubecost::{KubecostLabels, KubecostMetrics, KubecostTotal};

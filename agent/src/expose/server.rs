@@ -31,7 +31,7 @@ use tokio::{
     time::Sleep,
 };
 
-use prometheus_client::registry::Registry;
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 
 use super::{
     auth::Authenticator,
@@ -111,11 +111,44 @@ fn accepts_gzip(value: Option<&str>) -> bool {
     })
 }
 
-struct Shared {
-    cache: Arc<ExpositionCache>,
+/// What the server records: how much its own `/metrics` answers weigh, so that the cost of
+/// scraping the agent can be reported (`netcost report`).
+#[derive(Clone, Debug, Default)]
+pub struct ScrapeMetrics {
+    responses: Counter,
+    bytes: Counter,
+}
+
+impl ScrapeMetrics {
+    pub fn register(registries: &mut crate::vocab::Registries) -> ScrapeMetrics {
+        let m = ScrapeMetrics::default();
+        let r = registries.live();
+        r.register(
+            "scrape_responses",
+            "/metrics answers served (200)",
+            m.responses.clone(),
+        );
+        r.register_with_unit(
+            "scrape_response",
+            "Body bytes of the /metrics answers served, as sent (after gzip when asked)",
+            prometheus_client::registry::Unit::Bytes,
+            m.bytes.clone(),
+        );
+        m
+    }
+}
+
+/// What the server serves.
+pub struct Served {
+    pub cache: Arc<ExpositionCache>,
     /// The agent's own state, encoded at each scrape (small).
-    live: Arc<Registry>,
-    health: Arc<Health>,
+    pub live: Arc<Registry>,
+    pub health: Arc<Health>,
+    pub metrics: ScrapeMetrics,
+}
+
+struct Shared {
+    served: Served,
     scrapes: Arc<Semaphore>,
     auth: Option<Arc<Authenticator>>,
 }
@@ -173,7 +206,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                     "too many scrapes in flight\n",
                 );
             };
-            let Some(exposition) = shared.cache.current() else {
+            let Some(exposition) = shared.served.cache.current() else {
                 return text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "no drain yet\n");
             };
             let accept = req
@@ -187,7 +220,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                     .and_then(|v| v.to_str().ok()),
             );
             let mut live = String::with_capacity(8 * 1024);
-            if prometheus_client::encoding::text::encode(&mut live, &shared.live).is_err() {
+            if prometheus_client::encoding::text::encode(&mut live, &shared.served.live).is_err() {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     PLAIN,
@@ -195,6 +228,9 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 );
             }
             let body = exposition.body(format, gzip, &live);
+            let m = &shared.served.metrics;
+            m.responses.inc();
+            m.bytes.inc_by(body.iter().map(|c| c.len() as u64).sum());
             let mut r = Response::new(PermitBody::new(body, Some(permit)));
             let h = r.headers_mut();
             h.insert(
@@ -213,13 +249,13 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             );
             r
         }
-        "/healthz" if shared.health.alive() => text(StatusCode::OK, PLAIN, "ok\n"),
+        "/healthz" if shared.served.health.alive() => text(StatusCode::OK, PLAIN, "ok\n"),
         "/healthz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             PLAIN,
             "drain loop stalled\n",
         ),
-        "/readyz" => match shared.health.readiness() {
+        "/readyz" => match shared.served.health.readiness() {
             Ok(()) => text(StatusCode::OK, PLAIN, "ok\n"),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
         },
@@ -230,18 +266,14 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
 /// Serves until the process ends.
 pub async fn serve(
     listener: TcpListener,
-    cache: Arc<ExpositionCache>,
-    live: Arc<Registry>,
-    health: Arc<Health>,
+    served: Served,
     options: ServerConfig,
     auth: Option<Arc<Authenticator>>,
     tls: Option<Arc<Tls>>,
 ) {
     let connections = Arc::new(Semaphore::new(options.max_connections));
     let shared = Arc::new(Shared {
-        cache,
-        live,
-        health,
+        served,
         scrapes: Arc::new(Semaphore::new(options.max_scrapes)),
         auth,
     });

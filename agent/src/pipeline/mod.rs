@@ -16,7 +16,7 @@ use crate::{
     attribute::{Attributor, HeldKey, Whose},
     classify::{nat, nat::NatTable, Classifier, NatOutcome, RemoteEnd},
     drain::{CountingBuffers, DrainMetrics, Drainer},
-    expose::TrafficMetrics,
+    expose::{DestinationMetrics, TrafficMetrics},
     inventory::Inventory,
     price::Pricer,
     state::{Checkpoint, Durability, Saver},
@@ -29,6 +29,7 @@ pub struct Stages {
     pub classifier: Classifier,
     pub pricer: Pricer,
     pub traffic: TrafficMetrics,
+    pub destinations: DestinationMetrics,
 }
 
 pub struct Pipeline<B> {
@@ -37,6 +38,7 @@ pub struct Pipeline<B> {
     classifier: Classifier,
     pricer: Pricer,
     traffic: TrafficMetrics,
+    destinations: DestinationMetrics,
     /// Where the totals are checkpointed at every drain; `None`: nowhere (no state directory).
     checkpoint: Option<Saver>,
     /// The last batch is in the totals but its checkpoint could not be written.
@@ -57,6 +59,7 @@ impl<B: CountingBuffers> Pipeline<B> {
             classifier: stages.classifier,
             pricer: stages.pricer,
             traffic: stages.traffic,
+            destinations: stages.destinations,
             checkpoint,
             unsaved: false,
             drain_metrics,
@@ -102,7 +105,7 @@ impl<B: CountingBuffers> Pipeline<B> {
         let nat: Option<&NatTable> = nat_guard.as_deref();
         // What was held first, so it is attributed in the order it was counted.
         for (key, held) in self.attributor.take_held() {
-            self.account(inventory, key, &held.counter, held.since, now);
+            self.account(inventory, nat, key, &held.counter, held.since, now);
         }
         for (key, held) in self.classifier.take_pending() {
             self.take_flow(inventory, nat, &key, &held.counter, held.since, now);
@@ -119,7 +122,7 @@ impl<B: CountingBuffers> Pipeline<B> {
                 outbound: true,
                 direction,
             };
-            self.account(inventory, key, counter, now, now);
+            self.account(inventory, None, key, counter, now, now);
             self.traffic.overflow(direction, counter.bytes);
         }
         for direction in Direction::BOTH {
@@ -132,7 +135,9 @@ impl<B: CountingBuffers> Pipeline<B> {
         }
         for (uid, label_sets) in &pods.forgotten {
             self.traffic.remove_pod(uid, label_sets);
+            self.destinations.remove_pod(uid);
         }
+        self.destinations.flush(now);
         self.traffic.set_waiting(
             self.attributor.held().bytes() + self.classifier.pending_bytes(),
             self.attributor.pods().len(),
@@ -185,7 +190,7 @@ impl<B: CountingBuffers> Pipeline<B> {
             outbound,
             direction: Direction::from_abi(key.direction),
         };
-        self.account(inventory, key, counter, since, now);
+        self.account(inventory, nat, key, counter, since, now);
     }
 
     /// Whose the bytes are (attribute), where they went (classify), what they cost (price),
@@ -193,7 +198,8 @@ impl<B: CountingBuffers> Pipeline<B> {
     fn account(
         &mut self,
         inventory: Option<&Inventory>,
-        key: HeldKey,
+        nat: Option<&NatTable>,
+        mut key: HeldKey,
         counter: &Counter,
         since: Instant,
         now: Instant,
@@ -208,6 +214,12 @@ impl<B: CountingBuffers> Pipeline<B> {
             }
             whose => whose,
         };
+        // The remote end opened a connection to us: its answers leave the way it came (not
+        // through a NAT gateway), for keys the kernel counts per remote address too.
+        let served = self.classifier.served_port(inventory, nat, &key);
+        if served.is_some() {
+            key.outbound = false;
+        }
         let destination = self.classifier.destination(key.remote, key.outbound);
         // Internet and node-local answers do not depend on the inventory; private addresses
         // do, and wait for it.
@@ -226,8 +238,10 @@ impl<B: CountingBuffers> Pipeline<B> {
                 self.traffic.ensure_pod(pod);
             }
         }
+        let peer = self.classifier.peer(&key, &destination, served);
         let labels = whose.labels(destination, key.direction);
         self.traffic.record(&labels, counter, dollars);
+        self.destinations.add(&labels, peer, counter.bytes, dollars);
     }
 
     /// Writes the checkpoint; false when it could not be written.
@@ -259,6 +273,7 @@ impl<B: CountingBuffers> Pipeline<B> {
             totals: self.traffic.totals(self.attributor.pods().labels()),
             held: self.attributor.held().snapshot(now),
             pending_nat: self.classifier.snapshot_pending(now),
+            destinations: self.destinations.totals(),
         }
     }
 
@@ -274,6 +289,12 @@ impl<B: CountingBuffers> Pipeline<B> {
             }
         }
         self.traffic.restore(&totals);
+        let mut destinations = checkpoint.destinations.clone();
+        for d in &mut destinations {
+            d.labels.pod = d.labels.pod.cleaned();
+            d.labels.peer = d.labels.peer.cleaned();
+        }
+        self.destinations.restore(&destinations);
         self.attributor.restore_held(&checkpoint.held, now);
         self.classifier
             .restore_pending(&checkpoint.pending_nat, now);

@@ -121,6 +121,11 @@ fn fixture(name: &str, grace: Duration) -> Fixture {
             Some(nat),
             Duration::from_millis(200),
             TopologyMetrics::register(&mut registries),
+        )
+        .name_peers(),
+        destinations: DestinationMetrics::register(
+            &mut registries,
+            &crate::config::DestinationsConfig::default(),
         ),
         pricer: Pricer::new(
             PriceTable::built_in(),

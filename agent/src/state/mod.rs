@@ -18,7 +18,10 @@ use prometheus_client::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attribute::HeldBytes, classify::pending::PendingConnection, drain::DrainState, expose::Totals,
+    attribute::HeldBytes,
+    classify::pending::PendingConnection,
+    drain::DrainState,
+    expose::{DestinationTotal, Totals},
     vocab::Registries,
 };
 
@@ -90,6 +93,9 @@ pub struct Checkpoint {
     pub held: Vec<HeldBytes>,
     /// Bytes of Service connections waiting for conntrack to name their real remote end.
     pub pending_nat: Vec<PendingConnection>,
+    /// The destination series and their ranking (absent from checkpoints of earlier agents).
+    #[serde(default)]
+    pub destinations: Vec<DestinationTotal>,
 }
 
 impl Checkpoint {

@@ -3,9 +3,12 @@ use std::path::Path;
 use super::*;
 use crate::{
     attribute::{HeldBytes, Identity},
-    expose::{Counters, KubecostLabels, KubecostTotal, Totals, TrafficTotal},
+    expose::{
+        Counters, DestinationLabels, DestinationTotal, KubecostLabels, KubecostTotal, Totals,
+        TrafficTotal,
+    },
     kernel::MapsOrigin,
-    vocab::{Destination, Direction, Owner, PodLabels, Route, TrafficClass, TrafficLabels},
+    vocab::{Destination, Direction, Owner, Peer, PodLabels, Route, TrafficClass, TrafficLabels},
 };
 
 fn sample() -> Checkpoint {
@@ -30,7 +33,7 @@ fn sample() -> Checkpoint {
             traffic: vec![TrafficTotal {
                 labels: TrafficLabels {
                     owner: Owner::Pod,
-                    pod,
+                    pod: pod.clone(),
                     destination: Destination {
                         class: TrafficClass::SameRegion,
                         service: Some("aws-s3".into()),
@@ -74,6 +77,21 @@ fn sample() -> Checkpoint {
             age_seconds: 1.5,
         }],
         pending_nat: vec![],
+        destinations: vec![DestinationTotal {
+            labels: DestinationLabels {
+                owner: Owner::Pod,
+                pod: pod.clone(),
+                direction: Direction::Ingress,
+                class: TrafficClass::Internet,
+                peer: Peer {
+                    port: 9100,
+                    ..Peer::address("198.51.100.7".parse().unwrap(), true, None)
+                },
+            },
+            bytes: 4096,
+            dollars: 0.1 + 0.7,
+            score: 1234.5,
+        }],
     }
 }
 

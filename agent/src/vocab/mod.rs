@@ -9,6 +9,7 @@
 mod labels;
 mod metrics;
 mod net;
+mod peer;
 mod place;
 pub mod yaml;
 
@@ -18,6 +19,7 @@ pub use labels::{
 };
 pub use metrics::{DollarCounter, DollarGauge, Registries};
 pub use net::{cidr_list, Cidr, CidrError, PrefixTable};
+pub use peer::{external_group, Peer, PeerKind};
 pub use place::{classify_place, Place, TrafficClass};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it): for health stamps kept in

@@ -12,6 +12,7 @@
 pub mod conntrack;
 pub(crate) mod netlink;
 mod reader;
+pub mod served;
 mod table;
 #[cfg(test)]
 mod tests;

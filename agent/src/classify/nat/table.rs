@@ -10,7 +10,10 @@ use std::{
 
 use agent_common::FlowKey;
 
-use super::conntrack::{Connection, Event, Tuple};
+use super::{
+    conntrack::{Connection, Event, Tuple},
+    served::ServedPorts,
+};
 use crate::vocab::Cidr;
 
 /// What the table says about a flow entry's remote end.
@@ -70,6 +73,8 @@ pub struct NatTable {
     generation: u64,
     pub stats: NatStats,
     changes: TrieChanges,
+    /// Ports of connections remote ends opened to local addresses.
+    pub served: ServedPorts,
 }
 
 pub type SharedNat = Arc<Mutex<NatTable>>;
@@ -94,6 +99,7 @@ impl NatTable {
             generation: 0,
             stats: NatStats::default(),
             changes,
+            served: ServedPorts::new(capacity / 2),
         }
     }
 
@@ -173,6 +179,7 @@ impl NatTable {
     }
 
     pub fn apply(&mut self, event: &Event, now: Instant) {
+        self.served.apply(event, now);
         match event {
             Event::New(c) => {
                 self.stats.new += 1;
@@ -276,6 +283,7 @@ impl NatTable {
 
     /// Drops connections whose retention is over, and learned addresses idle for long.
     pub fn purge(&mut self, now: Instant) {
+        self.served.purge(now);
         while let Some(&(at, original)) = self.expiring.front() {
             if at > now {
                 break;

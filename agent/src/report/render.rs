@@ -1,0 +1,205 @@
+//! The report as people read it (a plain table or Markdown, GiB and $/month) or as programs
+//! do (JSON, bytes and dollars unrounded).
+
+use std::fmt::Write as _;
+
+use super::analyze::{Money, Report};
+
+fn gib(bytes: f64) -> String {
+    let g = bytes / (1u64 << 30) as f64;
+    if g >= 0.01 {
+        format!("{g:.2} GiB")
+    } else {
+        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+    }
+}
+
+fn usd(d: f64) -> String {
+    if d.abs() >= 0.01 || d == 0.0 {
+        format!("${d:.2}")
+    } else {
+        format!("${d:.5}")
+    }
+}
+
+fn money(m: &Money) -> [String; 3] {
+    [gib(m.bytes), usd(m.dollars), usd(m.monthly)]
+}
+
+/// A table: aligned columns, or Markdown's pipes.
+fn grid(out: &mut String, markdown: bool, head: &[&str], rows: Vec<Vec<String>>) {
+    if rows.is_empty() {
+        out.push_str("(none)\n\n");
+        return;
+    }
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        if markdown {
+            format!("| {} |\n", padded.join(" | "))
+        } else {
+            format!("{}\n", padded.join("  ").trim_end())
+        }
+    };
+    out.push_str(&line(head.iter().map(|h| h.to_string()).collect()));
+    if markdown {
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+    }
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out.push('\n');
+}
+
+pub fn table(r: &Report, markdown: bool) -> String {
+    let mut out = String::new();
+    let h = |out: &mut String, title: &str| {
+        if markdown {
+            let _ = writeln!(out, "### {title}\n");
+        } else {
+            let _ = writeln!(out, "== {title}");
+        }
+    };
+    let [b, d, m] = money(&r.total);
+    let _ = writeln!(
+        out,
+        "netcost report: {region}, a window of {hours:.2} h: {b}, {d} in the window, {m}/month projected (730 h)\n",
+        region = r.region,
+        hours = r.window_seconds / 3600.0,
+    );
+    h(&mut out, &format!("Cost by {} and class", r.grouped_by));
+    let rows = r
+        .costs
+        .iter()
+        .map(|c| {
+            let [b, d, m] = money(&c.money);
+            vec![c.group.clone(), c.class.clone(), b, d, m]
+        })
+        .collect();
+    grid(
+        &mut out,
+        markdown,
+        &["who", "class", "bytes", "$ window", "$/month"],
+        rows,
+    );
+    h(&mut out, "Top destinations");
+    let rows = r
+        .destinations
+        .iter()
+        .map(|x| {
+            let [b, d, m] = money(&x.money);
+            let port = x.port.map(|p| p.to_string()).unwrap_or_default();
+            vec![
+                x.from.clone(),
+                x.direction.clone(),
+                x.class.clone(),
+                x.remote.clone(),
+                port,
+                b,
+                d,
+                m,
+            ]
+        })
+        .collect();
+    grid(
+        &mut out,
+        markdown,
+        &[
+            "from",
+            "dir",
+            "class",
+            "remote",
+            "served port",
+            "bytes",
+            "$ window",
+            "$/month",
+        ],
+        rows,
+    );
+    h(&mut out, "Costliest pairs");
+    let rows = r
+        .pairs
+        .iter()
+        .map(|p| {
+            let [b, d, m] = money(&p.money);
+            vec![p.from.clone(), p.to.clone(), b, d, m]
+        })
+        .collect();
+    grid(
+        &mut out,
+        markdown,
+        &["from", "to", "bytes", "$ window", "$/month"],
+        rows,
+    );
+    if let Some(a) = &r.agent {
+        h(&mut out, "The agent's own scrapes");
+        let _ = writeln!(
+            out,
+            "{:.0} bytes per /metrics answer, {:.0} answers an hour",
+            a.bytes_per_scrape, a.scrapes_per_hour
+        );
+        let rows = a
+            .by_class
+            .iter()
+            .map(|c| {
+                let [b, d, m] = money(&c.money);
+                vec![c.class.clone(), b, d, m]
+            })
+            .collect();
+        grid(
+            &mut out,
+            markdown,
+            &["scraper class", "bytes", "$ window", "$/month"],
+            rows,
+        );
+    }
+    h(&mut out, "What to change");
+    if r.suggestions.is_empty() {
+        out.push_str("Nothing worth changing in this window.\n\n");
+    }
+    for (i, s) in r.suggestions.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{}. {} — saves {}/month (on {} in the window; {} gross, {} new cost)",
+            if markdown { "**" } else { "" },
+            i + 1,
+            s.title,
+            usd(s.monthly_saving),
+            gib(s.bytes),
+            usd(s.monthly_gross),
+            usd(s.monthly_new_cost),
+        );
+        if markdown {
+            out.truncate(out.trim_end().len());
+            out.push_str("**\n");
+        }
+        let _ = writeln!(out, "\n{}\n", s.explanation);
+        let fence = if markdown { "```\n" } else { "" };
+        for line in format!("{fence}{}\n{fence}", s.change).lines() {
+            let indent = if markdown { "" } else { "    " };
+            let _ = writeln!(out, "{indent}{line}");
+        }
+        out.push('\n');
+    }
+    if !r.notes.is_empty() {
+        h(&mut out, "Notes");
+        for n in &r.notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    out
+}
+
+pub fn json(r: &Report) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+}
