@@ -211,10 +211,18 @@ fn opencost_queries_on_a_real_prometheus_give_the_measured_bytes_and_dollars() -
     )?)?;
     let mut queries = 0;
     for panel in dashboard["panels"].as_array().context("panels")? {
+        // The savings panel needs the scenarios of the report test, which checks it.
+        if panel["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Savings"))
+        {
+            continue;
+        }
         for target in panel["targets"].as_array().context("targets")? {
             let expr = target["expr"].as_str().context("expr")?;
             let filled = expr
                 .replace("$__rate_interval", "1m")
+                .replace("$__range_s", "600")
                 .replace("$__range", window)
                 .replace("$namespace", ".*");
             ensure!(!filled.contains('$'), "unfilled variable in {expr}");

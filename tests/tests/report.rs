@@ -264,6 +264,82 @@ fn check(label: &str, report: &Value, want: &[(&str, &str, f64, f64)], failures:
     eprintln!("{}", lines.join("\n"));
 }
 
+/// The dashboard's destination and savings panels on the same Prometheus: the top destinations
+/// answer, and each savings row equals the report's figure for the same bytes.
+fn dashboard(
+    prometheus: &Prometheus,
+    report: &Value,
+    since: &str,
+    at: f64,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/netcost.json"),
+    )?)?;
+    let seconds = since.trim_end_matches('s');
+    let suggestion = |kind: &str, subject: &str, field: &str| -> f64 {
+        report["suggestions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["kind"] == kind && s["title"].as_str().unwrap_or("").contains(subject))
+            .and_then(|s| s[field].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    // (panel target, the report's figure for the same change).
+    let want = [
+        (
+            "A",
+            suggestion("gateway_endpoint", "s3", "monthly_saving")
+                + suggestion("gateway_endpoint", "dynamodb", "monthly_saving"),
+        ),
+        ("B", suggestion("prefer_close", "shop/db", "monthly_saving")),
+        ("C", suggestion("co_locate", "10.0.16.77", "monthly_saving")),
+        (
+            "D",
+            suggestion("scrape_inside_vpc", "exporter", "monthly_gross"),
+        ),
+    ];
+    let mut lines = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        let title = panel["title"].as_str().unwrap_or("");
+        if !title.starts_with("Savings") && !title.starts_with("Top destinations") {
+            continue;
+        }
+        for target in panel["targets"].as_array().context("targets")? {
+            let filled = target["expr"]
+                .as_str()
+                .context("expr")?
+                .replace("$__range_s", seconds)
+                .replace("$__range", since)
+                .replace("$namespace", ".*");
+            let rows = prometheus.query(&filled, at)?;
+            let got: f64 = rows.iter().filter_map(|r| value(r).ok()).sum();
+            let reference = target["refId"].as_str().unwrap_or("");
+            match want
+                .iter()
+                .find(|w| title.starts_with("Savings") && w.0 == reference)
+            {
+                Some((_, expected)) => {
+                    lines.push(format!(
+                        "dashboard: savings {reference} {:<70} {got:>10.2} report {expected:>10.2}",
+                        target["legendFormat"].as_str().unwrap_or("")
+                    ));
+                    if !((got - expected).abs() <= expected.abs() * TOLERANCE) {
+                        failures.push(format!("dashboard savings {reference}: {got} $/month, the report says {expected}"));
+                    }
+                }
+                None if rows.is_empty() => {
+                    failures.push(format!("dashboard {title:?}: no data for {filled}"))
+                }
+                None => lines.push(format!("dashboard: {title}: {} rows", rows.len())),
+            }
+        }
+    }
+    eprintln!("{}", lines.join("\n"));
+    Ok(())
+}
+
 #[test]
 fn the_report_suggests_each_change_with_the_metered_bytes_and_dollars() -> Result<()> {
     let _serial = serial();
@@ -354,6 +430,7 @@ fn the_report_suggests_each_change_with_the_metered_bytes_and_dollars() -> Resul
         &mut failures,
     );
     eprintln!("--- report (markdown, from Prometheus) ---\n{markdown}---");
+    dashboard(&prometheus, &json, &since, at, &mut failures)?;
 
     // From /metrics, two scrapes: a smaller internet share, whose hop does not pay for a gateway.
     let before = truth.read()?;
