@@ -71,6 +71,7 @@ fn main() -> Result<()> {
                 "netcost-bench-probe",
             ]))?;
             bench::run(&tools, &agent)?;
+            destinations_bench(&tools)?;
             kube_bench(&tools, &agent)?;
             nat_bench(&tools, &agent)
         }
@@ -100,6 +101,24 @@ fn tests_bench(tools: &Tools, agent: &Path, bin: &str, what: &str) -> Result<()>
         Command::new(workspace_root().join("target/release").join(bin))
             .env("NETCOST_AGENT_BIN", agent),
     )
+}
+
+/// What destination series cost in user space at 250 pods: steady remote ends only, then with a
+/// spray of new ones at every drain.
+fn destinations_bench(tools: &Tools) -> Result<()> {
+    step("building destinations_bench (release)");
+    status(tools.cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "agent",
+        "--example",
+        "destinations_bench",
+    ]))?;
+    step("destination series with 250 pods");
+    let bin = workspace_root().join("target/release/examples/destinations_bench");
+    status(Command::new(&bin).args(["0", "--header"]))?;
+    status(Command::new(&bin).arg("30"))
 }
 
 /// Memory and API requests with 250 pods and 1,000 nodes in the Kubernetes API double.

@@ -17,16 +17,20 @@ use crate::{
 
 mod analyze;
 mod args;
+mod context;
 mod render;
+mod series;
 mod source;
 mod suggest;
 #[cfg(test)]
 mod tests;
 mod text;
 
-pub use analyze::{Report, HOURS_PER_MONTH};
+pub use analyze::Report;
 pub use args::{parse_args, USAGE};
-pub use source::{Observed, Series, Source};
+pub use context::HOURS_PER_MONTH;
+pub use series::Series;
+pub use source::{Observed, Source};
 pub use suggest::Suggestion;
 
 #[derive(Debug, thiserror::Error)]

@@ -3,22 +3,23 @@
 
 use std::fmt::Write as _;
 
-use super::analyze::{Money, Report};
-
-fn gib(bytes: f64) -> String {
-    let g = bytes / (1u64 << 30) as f64;
-    if g >= 0.01 {
-        format!("{g:.2} GiB")
-    } else {
-        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
-    }
-}
+use super::{analyze::Report, context::Money, series::gib};
 
 fn usd(d: f64) -> String {
     if d.abs() >= 0.01 || d == 0.0 {
         format!("${d:.2}")
     } else {
         format!("${d:.5}")
+    }
+}
+
+/// A window as people say it: 40 s, 15 min, 6.0 h, 7.0 d.
+fn span(seconds: f64) -> String {
+    match seconds {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 2.0 * 86400.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} d", s / 86400.0),
     }
 }
 
@@ -73,9 +74,9 @@ pub fn table(r: &Report, markdown: bool) -> String {
     let [b, d, m] = money(&r.total);
     let _ = writeln!(
         out,
-        "netcost report: {region}, a window of {hours:.2} h: {b}, {d} in the window, {m}/month projected (730 h)\n",
+        "netcost report: {region}, a window of {window}: {b}, {d} in the window, {m}/month projected (730 h)\n",
         region = r.region,
-        hours = r.window_seconds / 3600.0,
+        window = span(r.window_seconds),
     );
     h(&mut out, &format!("Cost by {} and class", r.grouped_by));
     let rows = r

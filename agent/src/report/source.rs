@@ -3,16 +3,16 @@
 //! series' increase over the window (exact: a series born inside the window started at 0), and
 //! each gauge's last value.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
 
-use super::{text, ReportError};
+use super::{
+    series::{Labels, Series},
+    text, ReportError,
+};
 use crate::inventory::aws::http::HttpClient;
 
 /// Counters whose increase the report reads.
@@ -31,14 +31,6 @@ pub const GAUGES: [&str; 3] = ["netcost_node_info", "kube_pod_labels", "kube_pod
 /// Longest answer read from a Prometheus query or a `/metrics` scrape.
 const MAX_ANSWER: usize = 256 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-pub type Labels = BTreeMap<String, String>;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Series {
-    pub labels: Labels,
-    pub value: f64,
-}
 
 /// What was observed over one window.
 #[derive(Clone, Debug, Default)]

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::{
-    analyze::{AgentCost, Context, HOURS_PER_MONTH},
-    source::Labels,
+    context::{label, AgentCost, Context, HOURS_PER_MONTH},
+    series::{gib, Labels},
     PUBLIC_IPV4_HOURLY,
 };
 
@@ -33,14 +33,6 @@ pub struct Suggestion {
 }
 
 type Rows<'r> = &'r [(Labels, f64, f64)];
-
-fn label<'l>(l: &'l Labels, k: &str) -> &'l str {
-    l.get(k).map_or("", String::as_str)
-}
-
-fn gib(bytes: f64) -> String {
-    format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
-}
 
 /// Every rule, best saving first; `notes` gets the weighed-and-refused ones.
 pub fn all(
@@ -307,9 +299,9 @@ fn scrape_inside_vpc(cx: &Context, dest: Rows, out: &mut Vec<Suggestion>, notes:
         monthly_gross: egress,
         monthly_new_cost: new_cost + inside,
         monthly_saving: net,
-        change: "# run the scraper in the VPC (e.g. a Prometheus in agent mode in the cluster) and send\n\
-                 # only its remote-write stream out:\n\
-                 helm install prom-agent prometheus-community/prometheus --set server.defaultFlagsOverride={--agent} \\\n  --set server.remoteWrite[0].url=<your metrics backend>"
+        change: "# prometheus.yml of a scraper in the VPC (e.g. `prometheus --enable-feature=agent` in\n\
+                 # the cluster): scrape these targets there, send only the samples out\n\
+                 remote_write:\n  - url: <your metrics backend>"
             .into(),
         explanation: format!(
             "{} served from {} went to the internet at ${}/GB: ${egress:.2}/month. A scraper inside the VPC on an instance at ${}/hour costs ${new_cost:.2}/month, plus at most ${inside:.2}/month if every scrape crossed a zone; it pays off from {break_even} exporters of this size (N × bytes per scrape × scrapes per hour × $/GB against the instance). Its remote-write stream out is not counted here.",

@@ -4,7 +4,7 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// A one-hour window: a month is 730 of them.
 const WINDOW: f64 = 3600.0;
 
-fn labels(pairs: &[(&str, &str)]) -> source::Labels {
+fn labels(pairs: &[(&str, &str)]) -> series::Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

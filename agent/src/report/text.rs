@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use super::{source::Labels, source::Series, ReportError};
+use super::{
+    series::{Labels, Series},
+    ReportError,
+};
 
 /// Most labels on one sample (ours have 17 at most).
 const MAX_LABELS: usize = 64;

@@ -64,16 +64,7 @@ impl EncodeLabelValue for PeerKind {
 
 /// The remote end. Empty fields are left out of the series' labels.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    Hash,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
+    Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub struct Peer {
     pub kind: PeerKind,
@@ -89,6 +80,29 @@ pub struct Peer {
     pub port: u16,
 }
 
+/// One shared empty value: most peers leave most fields empty, and remote ends are many.
+fn text(s: &str) -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    if s.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::from(s)
+    }
+}
+
+impl Default for Peer {
+    fn default() -> Peer {
+        Peer {
+            kind: PeerKind::Other,
+            namespace: text(""),
+            name: text(""),
+            zone: text(""),
+            address: text(""),
+            port: 0,
+        }
+    }
+}
+
 impl Peer {
     /// The bucket of everything else.
     pub fn other() -> Peer {
@@ -98,9 +112,9 @@ impl Peer {
     pub fn named(kind: PeerKind, namespace: &str, name: &str, zone: Option<&str>) -> Peer {
         Peer {
             kind,
-            namespace: namespace.into(),
-            name: name.into(),
-            zone: zone.unwrap_or("").into(),
+            namespace: text(namespace),
+            name: text(name),
+            zone: text(zone.unwrap_or("")),
             ..Peer::default()
         }
     }
@@ -114,8 +128,8 @@ impl Peer {
         };
         Peer {
             kind,
-            address: text.into(),
-            zone: zone.unwrap_or("").into(),
+            address: text.as_str().into(),
+            zone: self::text(zone.unwrap_or("")),
             ..Peer::default()
         }
     }
@@ -124,7 +138,7 @@ impl Peer {
 impl Peer {
     /// The same peer with every value cleaned (for peers read back from the state disk).
     pub fn cleaned(&self) -> Peer {
-        let c = |v: &Arc<str>| -> Arc<str> { super::labels::clean(v).into() };
+        let c = |v: &Arc<str>| -> Arc<str> { text(&super::labels::clean(v)) };
         Peer {
             kind: self.kind,
             namespace: c(&self.namespace),

@@ -1,7 +1,8 @@
 //! The agent's memory and API traffic with a node of 250 pods in a cluster of 1,000 nodes, from
 //! the Kubernetes API double, through rounds of pod churn and node updates — first without
 //! EndpointSlices, then with 20,000 endpoints (2,000 Services of 10 pods spread over the nodes),
-//! a quarter of them replaced in every round. Run by `cargo xtask bench` (root: the agent
+//! a quarter of them replaced in every round, and the same with destinations off (what naming
+//! remote ends costs: the index of every endpoint's address). Run by `cargo xtask bench` (root: the agent
 //! attaches its programs); prints Markdown tables.
 
 use std::{sync::Arc, time::Duration};
@@ -133,15 +134,20 @@ fn main() -> Result<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     println!("\n### Without EndpointSlices (kubernetes.watch_endpointslices: false)");
-    run(rounds, false)?;
+    run(rounds, false, true)?;
     println!(
         "\n### With {} endpoints in {SERVICES} EndpointSlices",
         SERVICES * ENDPOINTS_PER_SERVICE
     );
-    run(rounds, true)
+    run(rounds, true, true)?;
+    println!(
+        "\n### With {} endpoints, destinations off (destinations.enabled: false: no remote-end names)",
+        SERVICES * ENDPOINTS_PER_SERVICE
+    );
+    run(rounds, true, false)
 }
 
-fn run(rounds: usize, with_slices: bool) -> Result<()> {
+fn run(rounds: usize, with_slices: bool, destinations: bool) -> Result<()> {
     let state = Arc::new(ApiState::new());
     add_nodes(&state, 0);
     for d in 0..DEPLOYMENTS {
@@ -185,7 +191,7 @@ fn run(rounds: usize, with_slices: bool) -> Result<()> {
     }
     let api = ApiServer::start(state.clone())?;
     let config = format!(
-        "drain_interval_seconds: 1\nseries_grace_seconds: 1\nkubernetes:\n  enabled: true\n  api_server: \"{}\"\n  node_name: {NODE}\n  watch_endpointslices: {with_slices}\n",
+        "drain_interval_seconds: 1\nseries_grace_seconds: 1\ndestinations: {{ enabled: {destinations} }}\nkubernetes:\n  enabled: true\n  api_server: \"{}\"\n  node_name: {NODE}\n  watch_endpointslices: {with_slices}\n",
         api.url()
     );
     let want_slices = if with_slices { SERVICES } else { 0 };

@@ -6,7 +6,7 @@ use std::{
 use super::*;
 use crate::{
     expose::{encode, Format},
-    vocab::Destination,
+    vocab::{Destination, TrafficClass},
 };
 
 fn config(top: usize, max_series: usize) -> DestinationsConfig {
@@ -167,8 +167,15 @@ fn a_spray_of_100000_addresses_stays_within_the_tables() {
     let (n, all, _) = series_of(&m, "a");
     assert!(n <= 10, "{n} members");
     assert_eq!(all, sent);
-    let board = m.boards.values().next().unwrap();
+    let state = m.state();
+    let board = state
+        .boards
+        .values()
+        .flat_map(|p| p.values())
+        .next()
+        .unwrap();
     assert!(board.candidates.len() <= 10 * CANDIDATES_PER_MEMBER);
+    drop(state);
     let text = encode(&r.durable, Format::PrometheusText).unwrap();
     let series = text
         .lines()
@@ -191,7 +198,7 @@ fn a_removed_pod_loses_its_series() {
     let text = encode(&r.durable, Format::PrometheusText).unwrap();
     assert!(!text.contains("pod_uid=\"a\""), "{text}");
     assert!(text.contains("pod_uid=\"b\""));
-    assert_eq!(m.members, 3);
+    assert_eq!(m.state().members, 3);
 }
 
 #[test]
@@ -227,4 +234,38 @@ fn off_registers_and_records_nothing() {
     assert!(m.totals().is_empty());
     let text = encode(&registries.durable, Format::PrometheusText).unwrap();
     assert!(!text.contains("netcost_destination"), "{text}");
+}
+
+#[test]
+fn a_spray_cannot_push_a_steady_talker_out_of_the_candidates() {
+    let (_r, mut m) = setup(2, 100);
+    let t0 = Instant::now();
+    let steady = [addr(500_000), addr(500_001)];
+    for drain in 0..30u32 {
+        m.add(&pod("a"), addr(1), 100_000, None);
+        m.add(&pod("a"), addr(2), 90_000, None);
+        // Third and fourth: no place among the members, candidates all the same (the table
+        // holds four), each adding more per drain than any one of the spray.
+        m.add(&pod("a"), steady[0].clone(), 5_000, None);
+        m.add(&pod("a"), steady[1].clone(), 4_000, None);
+        for i in 0..100u32 {
+            m.add(&pod("a"), addr(1000 + drain * 100 + i), 1_000, None);
+        }
+        m.flush(t0 + Duration::from_secs(5 * u64::from(drain)));
+    }
+    let state = m.state();
+    let board = state
+        .boards
+        .values()
+        .flat_map(|p| p.values())
+        .next()
+        .unwrap();
+    for peer in steady {
+        let key = (TrafficClass::CrossZone, peer);
+        assert!(
+            board.candidates.contains_key(&key),
+            "a steady talker was pushed out"
+        );
+    }
+    assert!(board.candidates.len() <= 2 * CANDIDATES_PER_MEMBER);
 }
