@@ -139,6 +139,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let checkpoint_metrics = CheckpointMetrics::register(&mut registries);
     checkpoint_metrics.started(origin.label(), totals.label(), pins.is_some());
     drain_metrics.set_capacity(drainer.buffers());
+    drain_metrics.set_interval(config.drain_interval);
     let conntrack_metrics = ConntrackMetrics::register(&mut registries);
     let nat_table =
         nat::start(&config.nat, translated, conntrack_metrics).context("nat.conntrack is true")?;

@@ -30,5 +30,8 @@ pub mod pipeline;
 /// `/metrics`) and says what to change.
 pub mod report;
 
+/// `netcost-agent view`: one agent live in a terminal, from its `/metrics`.
+pub mod view;
+
 #[cfg(test)]
 mod fuzz;

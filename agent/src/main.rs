@@ -10,6 +10,7 @@ mod app;
 const USAGE: &str = "usage: netcost-agent [--config FILE]
        netcost-agent cleanup [--config FILE] [--pin-dir DIR] [--state-dir DIR] [--stay]
        netcost-agent report (--prometheus URL [--since 7d] | --metrics URL [--over 60s]) [...]
+       netcost-agent view [--metrics URL] [--once [--after 10s]]
 
 Counts every pod's network bytes in the kernel and serves them as Prometheus metrics.
   --config FILE   configuration (default: $NETCOST_CONFIG, else /etc/netcost/config.yaml)
@@ -18,6 +19,7 @@ Counts every pod's network bytes in the kernel and serves them as Prometheus met
                   --pin-dir and --state-dir say where (default: the config's state section);
                   --stay then waits for SIGTERM (for a DaemonSet that cleans every node)
   report          cost per workload, top destinations and what to change (report --help)
+  view            one agent live in the terminal: pods, classes, destinations, health (view --help)
 Logging: RUST_LOG (default: info).";
 
 fn main() -> ExitCode {
@@ -29,6 +31,9 @@ fn main() -> ExitCode {
         .init();
     if std::env::args().nth(1).as_deref() == Some("report") {
         return run_report(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("view") {
+        return run_view(std::env::args().skip(2));
     }
     let mut args = std::env::args().skip(1);
     let mut cleanup = false;
@@ -150,6 +155,29 @@ fn run_report(args: impl Iterator<Item = String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("netcost-agent report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `netcost-agent view`: reads one agent's /metrics and shows it.
+fn run_view(args: impl Iterator<Item = String>) -> ExitCode {
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{}", agent::view::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let options = match agent::view::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netcost-agent view: {e}\n{}", agent::view::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match agent::view::run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netcost-agent view: {e}");
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 mod bench;
 mod prices;
 mod ranges;
+mod run;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the bench use, each with a command that proves it is there.
@@ -28,11 +29,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("kubernetes-client", "kubectl"),
     ("openssl", "openssl"),
     ("curl", "curl"),
+    ("tmux", "tmux"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
   build   install missing tools, build the agent (release)
-  run     build, then run the agent on this machine (Ctrl-C stops it and detaches its programs)
+  run [--once [--after 10s]] [--region R] [--kubeconfig FILE]
+          build, run the agent on this machine and show it live (q quits; the programs stay
+          attached); --once: one plain snapshot; `run cleanup` detaches and removes the pins
   test    install missing tools, run every test (unit tests, then the root netns tests one at a time)
   service-ranges FILE   regenerate the bundled AWS S3/DynamoDB ranges from ip-ranges.json
   prices OFFER [EC2_OFFER] [--out FILE]   reduce AWS Price List offer files to a price file
@@ -306,10 +310,11 @@ fn install_bpf_linker(sysroot: &Path, bin_dir: &Path) -> Result<()> {
     .context("building bpf-linker")
 }
 
-/// Builds the agent in release mode and returns the binary's path.
+/// Builds the agent in release mode and returns the binary's path. Quiet: the compilers' output
+/// (the eBPF build's included) is shown only when the build fails.
 fn build_agent(tools: &Tools) -> Result<PathBuf> {
     step("building netcost-agent (release)");
-    status(tools.cargo().args([
+    quiet(tools.cargo().args([
         "build",
         "--release",
         "-p",
@@ -320,28 +325,41 @@ fn build_agent(tools: &Tools) -> Result<PathBuf> {
     Ok(workspace_root().join("target/release/netcost-agent"))
 }
 
+/// Runs `cmd` with its output held back; prints it all if the command fails.
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("cleanup") {
+        return run_cleanup(args);
+    }
+    let options = run::parse(args)?;
+    let tools = ensure_tools()?;
+    let agent = build_agent(&tools)?;
+    ensure_bpffs()?;
+    run::run(&agent, &options)
+}
+
+/// `cargo xtask run cleanup`: the agent's own cleanup with the local config.
+fn run_cleanup(args: &[String]) -> Result<()> {
     let tools = ensure_tools()?;
     let agent = build_agent(&tools)?;
     let config = workspace_root().join("deploy/config/local.yaml");
-    ensure_bpffs()?;
     let mut cmd = Command::new(&agent);
-    cmd.arg("--config").arg(&config).args(args);
-    if env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
-    }
-    eprintln!(
-        "xtask: starting {} with {}\nxtask: metrics at http://127.0.0.1:3001/metrics\nxtask: Ctrl-C stops the agent; its programs stay attached (pinned under /sys/fs/bpf/netcost) and the next run goes on with the same totals. `cargo xtask run cleanup` detaches them and removes the pins and the checkpoint.",
-        agent.display(),
-        config.display()
-    );
-    // Replace this process: Ctrl-C then reaches the agent alone and it shuts down cleanly.
-    use std::os::unix::process::CommandExt as _;
-    Err(cmd.exec()).with_context(|| format!("starting {}", agent.display()))
+    cmd.arg("cleanup")
+        .arg("--config")
+        .arg(&config)
+        .args(&args[1..]);
+    status(&mut cmd)
 }
 
-/// A node has bpffs mounted at /sys/fs/bpf (systemd does it); mount it when this machine does
-/// not, so the agent can pin its maps and links there as it does on a node.
 fn ensure_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     if mounts.lines().any(|l| {

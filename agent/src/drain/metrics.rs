@@ -30,6 +30,7 @@ pub struct DrainMetrics {
     early_drains: Counter,
     programs_attached: Gauge,
     build_info: Family<BuildLabels, Gauge>,
+    interval: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl DrainMetrics {
@@ -45,6 +46,7 @@ impl DrainMetrics {
             early_drains: Counter::default(),
             programs_attached: Gauge::default(),
             build_info: Family::default(),
+            interval: Gauge::default(),
         };
         let r = registries.live();
         r.register(
@@ -78,6 +80,12 @@ impl DrainMetrics {
             "Drains that failed (nothing is lost: the entries stay in the kernel)",
             m.errors.clone(),
         );
+        r.register_with_unit(
+            "drain_interval",
+            "The configured time between drains (drain_interval_seconds)",
+            Unit::Seconds,
+            m.interval.clone(),
+        );
         r.register(
             "programs_attached",
             "eBPF programs currently attached",
@@ -107,6 +115,10 @@ impl DrainMetrics {
                 .get_or_create(&MapLabels { map })
                 .set(i64::from(capacity));
         }
+    }
+
+    pub fn set_interval(&self, interval: std::time::Duration) {
+        self.interval.set(interval.as_secs_f64());
     }
 
     pub fn set_attached(&self, programs: usize) {

@@ -5,7 +5,11 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{series::Labels, source::Observed, ReportOptions};
+use super::{
+    series::{describe_remote, Labels},
+    source::Observed,
+    ReportOptions,
+};
 use crate::price::Prices;
 
 /// AWS bills a month as 730 hours.
@@ -123,31 +127,7 @@ impl<'a> Context<'a> {
 
     /// The remote end of a destination series, as a person would name it.
     pub fn remote(&self, l: &Labels) -> String {
-        let get = |k: &str| l.get(k).map_or("", String::as_str);
-        let zone = match get("remote_zone") {
-            "" => String::new(),
-            z => format!(" ({z})"),
-        };
-        match get("remote_kind") {
-            "service" => format!(
-                "service {}/{}{zone}",
-                get("remote_namespace"),
-                get("remote_name")
-            ),
-            "pod" => format!(
-                "pod {}/{}{zone}",
-                get("remote_namespace"),
-                get("remote_name")
-            ),
-            "node" => format!("node {}{zone}", get("remote_name")),
-            "aws_service" => get("remote_name").to_owned(),
-            "address" => match self.pods_by_ip.get(get("remote_address")) {
-                Some(pod) => format!("{pod}{zone}"),
-                None => format!("{}{zone}", get("remote_address")),
-            },
-            "external" => format!("internet {}", get("remote_address")),
-            _ => "(all other)".to_owned(),
-        }
+        describe_remote(l, &self.pods_by_ip)
     }
 
     pub fn money(&self, bytes: f64, dollars: f64) -> Money {

@@ -27,11 +27,13 @@ mod tests;
 mod text;
 
 pub use analyze::Report;
-pub use args::{parse_args, USAGE};
+pub use args::{parse_args, parse_duration, USAGE};
 pub use context::HOURS_PER_MONTH;
-pub use series::Series;
+pub use series::{describe_remote, Labels, Series};
+pub use source::scrape;
 pub use source::{Observed, Source};
 pub use suggest::Suggestion;
+pub use text::parse as parse_exposition;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -110,7 +112,8 @@ pub const PUBLIC_IPV4_HOURLY: f64 = 0.005;
 
 /// Reads the source and builds the report.
 pub async fn run(options: &ReportOptions) -> Result<Report, ReportError> {
-    let client = HttpClient::new();
+    // Scrapes --over apart: no connection kept in between (the agent closes idle ones).
+    let client = HttpClient::unpooled();
     let observed = match &options.source {
         SourceSpec::Prometheus { url, since, at } => {
             source::Prometheus {

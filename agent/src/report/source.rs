@@ -76,6 +76,14 @@ async fn get(client: &HttpClient, url: &str) -> Result<String, ReportError> {
     Ok(response.text())
 }
 
+/// One scrape of an agent's `/metrics`, parsed.
+pub async fn scrape(
+    client: &HttpClient,
+    url: &str,
+) -> Result<HashMap<String, Vec<Series>>, ReportError> {
+    text::parse(url, &get(client, url).await?)
+}
+
 /// A Prometheus server: each counter's increase over `[at - range, at]`, computed from the last
 /// value and the value one range before (a series with no value then was born inside the range,
 /// at 0), and from `increase()` only for series that reset inside the range.
@@ -198,9 +206,9 @@ pub struct Scrapes {
 impl Source for Scrapes {
     async fn observe(&self) -> Result<Observed, ReportError> {
         let started = std::time::Instant::now();
-        let first = text::parse(&self.url, &get(&self.client, &self.url).await?)?;
+        let first = scrape(&self.client, &self.url).await?;
         tokio::time::sleep(self.over).await;
-        let second = text::parse(&self.url, &get(&self.client, &self.url).await?)?;
+        let second = scrape(&self.client, &self.url).await?;
         let mut observed = Observed {
             window_seconds: started.elapsed().as_secs_f64().max(1e-3),
             ..Observed::default()

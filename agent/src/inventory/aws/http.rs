@@ -54,6 +54,16 @@ impl HttpClient {
     /// A client for `http://` and `https://` URLs. Without any CA certificate on the system,
     /// HTTPS requests fail with an error that says so (plain HTTP still works).
     pub fn new() -> HttpClient {
+        HttpClient::with_pool(true)
+    }
+
+    /// The same without keeping connections between requests: for callers whose runtime does
+    /// not run between them (a closed idle connection would go unnoticed and be reused).
+    pub fn unpooled() -> HttpClient {
+        HttpClient::with_pool(false)
+    }
+
+    fn with_pool(pool: bool) -> HttpClient {
         let connector = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
             Ok(b) => b,
             Err(e) => {
@@ -65,8 +75,12 @@ impl HttpClient {
         .https_or_http()
         .enable_http1()
         .build();
+        let mut builder = Client::builder(TokioExecutor::new());
+        if !pool {
+            builder.pool_max_idle_per_host(0);
+        }
         HttpClient {
-            inner: Client::builder(TokioExecutor::new()).build(connector),
+            inner: builder.build(connector),
         }
     }
 
