@@ -126,6 +126,27 @@ fn main() {
         println!("\n| pods | remote ends per pod and direction per drain | drains | destination series (of which other) | exposition of the two families | checkpoint part | RSS added | per pod | flush p50 / p99 / max |");
         println!("|---|---|---|---|---|---|---|---|---|");
     }
+    if let Some(dir) = std::env::var_os("NETCOST_BENCH_JSON_DIR") {
+        let value = serde_json::json!({
+            "pods": PODS,
+            "steady": STEADY,
+            "new_per_drain": spray,
+            "pool": POOL,
+            "drains": DRAINS,
+            "series": series,
+            "other_series": others,
+            "exposition_mib": text.len() as f64 / 1048576.0,
+            "checkpoint_mib": checkpoint as f64 / 1048576.0,
+            "rss_added_mib": after.saturating_sub(before) as f64 / 1024.0,
+            "per_pod_kib": after.saturating_sub(before) as f64 / PODS as f64,
+            "flush_ms": { "p50": p(0.5), "p99": p(0.99), "max": flush[flush.len() - 1] },
+        });
+        let path = std::path::Path::new(&dir).join(format!("destinations-{spray}.json"));
+        if let Err(e) = std::fs::write(&path, value.to_string()) {
+            eprintln!("writing {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     println!(
         "| {PODS} | {} ({STEADY} steady + {spray} from {POOL}) | {DRAINS} | {series} ({others}) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.2} / {:.2} / {:.2} ms |",
         STEADY + spray,

@@ -333,3 +333,14 @@ pub fn promtool_check_metrics(body: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// A bench's figures as JSON, for `cargo xtask bench` to gather into one object: written to
+/// `$NETCOST_BENCH_JSON_DIR/<name>.json` when that is set (nothing otherwise).
+pub fn bench_json(name: &str, value: &serde_json::Value) -> Result<()> {
+    let Some(dir) = std::env::var_os("NETCOST_BENCH_JSON_DIR") else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(&dir).join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}

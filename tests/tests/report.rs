@@ -154,12 +154,21 @@ fn run_scenarios(node: &SimNode, internet: u64) -> Result<()> {
     Ok(())
 }
 
-fn report(args: &[&str]) -> Result<(Value, String)> {
+/// The report as JSON, and as Markdown too when `markdown` (a second read of the same source).
+fn report(args: &[&str], markdown: bool) -> Result<(Value, String)> {
     let run = |format: &str| -> Result<String> {
         let out = Command::new(agent_bin()?)
             .arg("report")
             .args(args)
-            .args(["--format", format, "--min-saving", "1"])
+            // The NAT gateway's hourly price the test checks against, given rather than assumed.
+            .args([
+                "--format",
+                format,
+                "--min-saving",
+                "1",
+                "--nat-gateway-hourly",
+                "0.045",
+            ])
             .output()?;
         ensure!(
             out.status.success(),
@@ -169,7 +178,12 @@ fn report(args: &[&str]) -> Result<(Value, String)> {
         Ok(String::from_utf8(out.stdout)?)
     };
     let json: Value = serde_json::from_str(&run("json")?)?;
-    Ok((json, run("markdown")?))
+    let text = if markdown {
+        run("markdown")?
+    } else {
+        String::new()
+    };
+    Ok((json, text))
 }
 
 /// What each suggestion must say, from the meters and the prices: (kind, title part, bytes,
@@ -423,8 +437,18 @@ fn the_report_suggests_each_change_with_the_metered_bytes_and_dollars() -> Resul
     let at_text = format!("{at}");
     // From just before the first scenario byte to the last scrape.
     let since = format!("{}s", (at - started).ceil() as u64 + 1);
-    let (json, markdown) = report(&["--prometheus", &url, "--since", &since, "--at", &at_text])?;
-    let factor = 730.0 * 3600.0 / json["window_seconds"].as_f64().context("no window")?;
+    let (json, markdown) = report(
+        &["--prometheus", &url, "--since", &since, "--at", &at_text],
+        true,
+    )?;
+    // The window is the range asked for; the month, 730 hours of it.
+    let window = (at - started).ceil() + 1.0;
+    ensure!(
+        json["window_seconds"].as_f64() == Some(window),
+        "the report's window {} is not the {window} s asked for",
+        json["window_seconds"]
+    );
+    let factor = 730.0 * 3600.0 / window;
     check(
         "prometheus",
         &json,
@@ -437,14 +461,22 @@ fn the_report_suggests_each_change_with_the_metered_bytes_and_dollars() -> Resul
     // From /metrics, two scrapes: a smaller internet share, whose hop does not pay for a gateway.
     let before = truth.read()?;
     let metrics = format!("http://127.0.0.1:{}/metrics", agent.port);
-    let reader = std::thread::spawn(move || report(&["--metrics", &metrics, "--over", "15s"]));
+    let asked = std::time::Instant::now();
+    let reader =
+        std::thread::spawn(move || report(&["--metrics", &metrics, "--over", "15s"], false));
     std::thread::sleep(Duration::from_secs(2));
     run_scenarios(&node, 2_000_000)?;
     let (json, _) = reader
         .join()
         .map_err(|_| anyhow::anyhow!("report thread panicked"))??;
     let measured = delta(&truth.read()?, &before);
-    let factor = 730.0 * 3600.0 / json["window_seconds"].as_f64().context("no window")?;
+    // Two scrapes 15 s apart: the window is that, plus at most the first scrape's own time.
+    let window = json["window_seconds"].as_f64().context("no window")?;
+    ensure!(
+        window >= 15.0 && window <= asked.elapsed().as_secs_f64() && window < 16.0,
+        "the /metrics window {window} s is not the 15 s asked for"
+    );
+    let factor = 730.0 * 3600.0 / window;
     let want = expected(&measured, factor);
     ensure!(
         !want.iter().any(|w| w.0 == "nat_gateway_per_zone"),

@@ -325,6 +325,11 @@ fn the_live_view_answers_keys_and_gives_the_terminal_back() -> Result<()> {
     ] {
         ensure!(pane.contains(part), "no {part:?} on the screen:\n{pane}");
     }
+    // The selected owner's destinations are listed, one per line, direction first.
+    ensure!(
+        pane.contains("│egress ") || pane.contains("│ingress "),
+        "no destination lines:\n{pane}"
+    );
     tmux.keys("s")?;
     tmux.wait_for(
         "sort by bytes",

@@ -280,7 +280,7 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-pub fn run(_tools: &Tools, agent_bin: &Path) -> Result<()> {
+pub fn run(_tools: &Tools, agent_bin: &Path) -> Result<serde_json::Value> {
     let rounds = std::env::var("NETCOST_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -411,5 +411,36 @@ pub fn run(_tools: &Tools, agent_bin: &Path) -> Result<()> {
     if drain.1 > 0.0 {
         println!("| mean drain time | {:.2} ms |", drain.0 / drain.1 * 1000.0);
     }
-    Ok(())
+    let ratios = |off: &[f64], on: &[f64]| -> serde_json::Value {
+        let mut r: Vec<f64> = off.iter().zip(on).map(|(a, b)| b / a * 100.0).collect();
+        r.sort_by(f64::total_cmp);
+        serde_json::json!({
+            "without_agent": off,
+            "with_agent": on,
+            "ratio_percent": {
+                "min": r.first(),
+                "median": r.get(r.len() / 2),
+                "max": r.last(),
+            },
+        })
+    };
+    Ok(serde_json::json!({
+        "rounds": rounds,
+        "tcp_gbit_per_s": ratios(&tcp_off, &tcp_on),
+        "udp_64_byte_packets_per_s": ratios(&udp_off, &udp_on),
+        "per_packet": per_packet.iter().map(|p| {
+            let net_total = p.total_ns - p.baseline * p.runs as f64;
+            serde_json::json!({
+                "traffic": p.case,
+                "empty_program_ns_per_run": p.baseline,
+                "egress_ns_per_run": p.egress,
+                "ingress_ns_per_run": p.ingress,
+                "runs": p.runs,
+                "wire_packets": p.wire_packets,
+                "net_ns_per_wire_packet": net_total / p.wire_packets.max(1.0),
+            })
+        }).collect::<Vec<_>>(),
+        "agent_rss_mib": rss as f64 / 1024.0,
+        "mean_drain_ms": if drain.1 > 0.0 { drain.0 / drain.1 * 1000.0 } else { 0.0 },
+    }))
 }

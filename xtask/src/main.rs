@@ -74,10 +74,17 @@ fn main() -> Result<()> {
                 "--bin",
                 "netcost-bench-probe",
             ]))?;
-            bench::run(&tools, &agent)?;
+            // Each bench also leaves its figures as JSON here; gathered into one object at the end.
+            let json_dir = workspace_root().join("target/bench");
+            let _ = std::fs::remove_dir_all(&json_dir);
+            std::fs::create_dir_all(&json_dir)
+                .with_context(|| format!("creating {}", json_dir.display()))?;
+            env::set_var("NETCOST_BENCH_JSON_DIR", &json_dir);
+            let datapath = bench::run(&tools, &agent)?;
             destinations_bench(&tools)?;
             kube_bench(&tools, &agent)?;
-            nat_bench(&tools, &agent)
+            nat_bench(&tools, &agent)?;
+            gather_bench_json(&json_dir, datapath)
         }
         _ => {
             eprintln!("{USAGE}");
@@ -105,6 +112,37 @@ fn tests_bench(tools: &Tools, agent: &Path, bin: &str, what: &str) -> Result<()>
         Command::new(workspace_root().join("target/release").join(bin))
             .env("NETCOST_AGENT_BIN", agent),
     )
+}
+
+/// One JSON object of every bench's figures, written beside them and named on stderr.
+fn gather_bench_json(dir: &Path, datapath: serde_json::Value) -> Result<()> {
+    let mut all = serde_json::Map::new();
+    all.insert("datapath".into(), datapath);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let Some(name) = path.file_stem().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if path.extension().and_then(|x| x.to_str()) != Some("json") || name == "results" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        all.insert(name, value);
+    }
+    let out = dir.join("results.json");
+    std::fs::write(
+        &out,
+        serde_json::to_vec_pretty(&serde_json::Value::Object(all))?,
+    )?;
+    step(&format!(
+        "every figure of this run as one JSON object: {}",
+        out.display()
+    ));
+    Ok(())
 }
 
 /// What destination series cost in user space at 250 pods: steady remote ends only, then with a

@@ -157,6 +157,14 @@ pub fn run(agent: &Path, o: &RunOptions) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Something else may answer on the port while ours failed to bind: ours must be running.
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(status) = child.try_wait()? {
+        bail!(
+            "the agent stopped ({status}) although {METRICS} answers: is another agent running? Its log: {}",
+            log_path.display()
+        );
+    }
     let running = Running(child);
     step(&format!(
         "agent running (pid {}), metrics at {METRICS}, its log in {}",

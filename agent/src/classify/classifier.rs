@@ -413,11 +413,8 @@ impl Classifier {
 }
 
 impl Classifier {
-    /// The remote end of `key`'s bytes for destination series: named by the cluster if it can,
-    /// else by its address (grouped outside the VPC), with the serving port when the remote end
-    /// opened the connection.
     /// The port of ours the remote end of `key` opened a connection to, if it did (conntrack's
-    /// serving ports; `None` without conntrack).
+    /// serving ports; `None` without conntrack or for a pod the inventory does not know).
     pub fn served_port(
         &self,
         inventory: Option<&Inventory>,
@@ -425,18 +422,17 @@ impl Classifier {
         key: &HeldKey,
     ) -> Option<u16> {
         let (nat, remote) = (nat?, key.remote?);
-        let pod_ips = match &key.identity {
-            Identity::Pod { uid, .. } => inventory
-                .and_then(|i| i.pod(uid))
-                .map(|p| p.ips.as_slice())
-                .filter(|ips| !ips.is_empty()),
-            _ => None,
+        let local: &[IpAddr] = match &key.identity {
+            // A pod the inventory does not know has no address of its own to match.
+            Identity::Pod { uid, .. } => &inventory?.pod(uid)?.ips,
+            _ => &self.node_addresses,
         };
-        nat.served
-            .port(pod_ips.unwrap_or(&self.node_addresses), remote)
+        nat.served.port(local, remote)
     }
 
-    /// The remote end as destination series name it, with the serving port if it came in.
+    /// The remote end of `key`'s bytes for destination series: named by the cluster if it can,
+    /// else by its address (grouped outside the VPC), with the serving port when the remote end
+    /// opened the connection.
     pub fn peer(&self, key: &HeldKey, destination: &Destination, port: Option<u16>) -> Peer {
         let Some(remote) = key.remote else {
             return Peer::other();

@@ -81,12 +81,4 @@ impl PeerIndex {
     pub fn get(&self, addr: IpAddr) -> Option<&Peer> {
         self.by_addr.get(&addr)
     }
-
-    pub fn len(&self) -> usize {
-        self.by_addr.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_addr.is_empty()
-    }
 }

@@ -169,27 +169,34 @@ impl<B: CountingBuffers> Pipeline<B> {
         since: Instant,
         now: Instant,
     ) {
-        let (remote, outbound) = match self.classifier.remote_end(nat, key, counter, since, now) {
-            RemoteEnd::Pending => return,
-            RemoteEnd::Found {
-                remote,
-                outbound,
-                nat,
-            } => {
-                match nat {
-                    NatOutcome::Resolved => self.traffic.nat_resolved(counter.bytes),
-                    NatOutcome::Unresolved => self.traffic.nat_unresolved(counter.bytes),
-                    NatOutcome::Direct => {}
+        let (remote, outbound, resolved) =
+            match self.classifier.remote_end(nat, key, counter, since, now) {
+                RemoteEnd::Pending => return,
+                RemoteEnd::Found {
+                    remote,
+                    outbound,
+                    nat,
+                } => {
+                    match nat {
+                        NatOutcome::Resolved => self.traffic.nat_resolved(counter.bytes),
+                        NatOutcome::Unresolved => self.traffic.nat_unresolved(counter.bytes),
+                        NatOutcome::Direct => {}
+                    }
+                    (remote, outbound, nat == NatOutcome::Resolved)
                 }
-                (remote, outbound)
-            }
-        };
-        let key = HeldKey {
+            };
+        let mut key = HeldKey {
             identity: self.attributor.identity(key.cgroup_id),
             remote: Some(remote),
             outbound,
             direction: Direction::from_abi(key.direction),
         };
+        // Where conntrack did not say who opened the connection (keys counted per remote
+        // address), a remote end that opened one to a port of ours makes these bytes answers:
+        // they leave the way they came in, not through a NAT gateway.
+        if !resolved && self.classifier.served_port(inventory, nat, &key).is_some() {
+            key.outbound = false;
+        }
         self.account(inventory, nat, key, counter, since, now);
     }
 
@@ -199,7 +206,7 @@ impl<B: CountingBuffers> Pipeline<B> {
         &mut self,
         inventory: Option<&Inventory>,
         nat: Option<&NatTable>,
-        mut key: HeldKey,
+        key: HeldKey,
         counter: &Counter,
         since: Instant,
         now: Instant,
@@ -214,12 +221,7 @@ impl<B: CountingBuffers> Pipeline<B> {
             }
             whose => whose,
         };
-        // The remote end opened a connection to us: its answers leave the way it came (not
-        // through a NAT gateway), for keys the kernel counts per remote address too.
         let served = self.classifier.served_port(inventory, nat, &key);
-        if served.is_some() {
-            key.outbound = false;
-        }
         let destination = self.classifier.destination(key.remote, key.outbound);
         // Internet and node-local answers do not depend on the inventory; private addresses
         // do, and wait for it.

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::{
-    context::{joined, label, AgentCost, Context, CostRow, Money},
+    context::{joined, AgentCost, Context, CostRow, Money},
+    series::label,
     series::Labels,
     source::Observed,
     suggest::{self, Suggestion},
@@ -209,10 +210,9 @@ fn agent_cost(cx: &Context, dest: &[(Labels, f64, f64)]) -> Option<AgentCost> {
         return None;
     }
     let bytes = sum("netcost_scrape_response_bytes_total");
-    let port = cx.options.agent_port.to_string();
     let mut by_class: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for (l, b, d) in dest {
-        if label(l, "port") == port && label(l, "direction") == "egress" {
+        if cx.is_agent(l) && label(l, "direction") == "egress" {
             let e = by_class
                 .entry(label(l, "traffic_class").to_owned())
                 .or_default();

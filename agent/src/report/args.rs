@@ -20,7 +20,8 @@ and pairs, and savings suggestions (each with its bytes, $/month saved and the c
   --min-saving USD        leave out suggestions saving less a month (default 1)
   --nat-gateway-hourly USD  a NAT gateway's hourly price (default: the region's NAT per-GB price)
   --scraper-hourly USD    an in-VPC scraper instance, $/hour (default 0.0208, t3.small us-east-1)
-  --agent-port P          the agents' metrics port (default 3001)";
+  --agent-port P          the agents' metrics port (default 3001)
+  --agent-workload NAME   the agents' DaemonSet (default netcost)";
 
 /// `7d`, `60s`, `1.5h`, `90` (seconds).
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -70,6 +71,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ReportOption
         nat_gateway_hourly: None,
         scraper_hourly: 0.0208,
         agent_port: 3001,
+        agent_workload: "netcost".into(),
     };
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
@@ -128,6 +130,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<ReportOption
                     ReportError::Usage(format!("--agent-port: {v:?} is not a port"))
                 })?;
             }
+            "--agent-workload" => o.agent_workload = value()?,
             other => return Err(ReportError::Usage(format!("unknown argument {other:?}"))),
         }
     }

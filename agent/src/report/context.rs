@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{
-    series::{describe_remote, Labels},
+    series::{describe_remote, label, Labels},
     source::Observed,
     ReportOptions,
 };
@@ -99,6 +99,15 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Whether a series is the agents' own: on their metrics port, from the node (hostNetwork
+    /// without a pod cgroup) or from the agent's DaemonSet.
+    pub fn is_agent(&self, l: &Labels) -> bool {
+        label(l, "port") == self.options.agent_port.to_string()
+            && (label(l, "owner") == "node"
+                || (label(l, "workload_kind") == "DaemonSet"
+                    && label(l, "workload") == self.options.agent_workload))
+    }
+
     /// "namespace/workload" for a pod's series, "node NAME" for the node's.
     pub fn owner(&self, l: &Labels) -> String {
         let get = |k: &str| l.get(k).map_or("", String::as_str);
@@ -158,8 +167,4 @@ pub fn joined(o: &Observed, bytes: &str, dollars: &str) -> Vec<(Labels, f64, f64
             (s.labels.clone(), s.value, d)
         })
         .collect()
-}
-
-pub fn label<'l>(l: &'l Labels, k: &str) -> &'l str {
-    l.get(k).map_or("", String::as_str)
 }

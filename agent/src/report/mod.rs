@@ -29,7 +29,7 @@ mod text;
 pub use analyze::Report;
 pub use args::{parse_args, parse_duration, USAGE};
 pub use context::HOURS_PER_MONTH;
-pub use series::{describe_remote, Labels, Series};
+pub use series::{describe_remote, grid, label, usd, Labels, Series};
 pub use source::scrape;
 pub use source::{Observed, Source};
 pub use suggest::Suggestion;
@@ -103,8 +103,10 @@ pub struct ReportOptions {
     /// The instance a scraper inside the VPC would run on, $/hour (default: t3.small, us-east-1
     /// on-demand).
     pub scraper_hourly: f64,
-    /// The agent's metrics port: destination series with this serving port are its scrapes.
+    /// The agent's metrics port and DaemonSet: destination series of the node or that DaemonSet
+    /// with this serving port are its scrapes.
     pub agent_port: u16,
+    pub agent_workload: String,
 }
 
 /// An elastic IP for a new NAT gateway: $0.005/hour (public IPv4, since 2024-02-01).

@@ -3,15 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::{analyze::Report, context::Money, series::gib};
-
-fn usd(d: f64) -> String {
-    if d.abs() >= 0.01 || d == 0.0 {
-        format!("${d:.2}")
-    } else {
-        format!("${d:.5}")
-    }
-}
+use super::{
+    analyze::Report,
+    context::Money,
+    series::{gib, grid, usd},
+};
 
 /// A window as people say it: 40 s, 15 min, 6.0 h, 7.0 d.
 fn span(seconds: f64) -> String {
@@ -25,41 +21,6 @@ fn span(seconds: f64) -> String {
 
 fn money(m: &Money) -> [String; 3] {
     [gib(m.bytes), usd(m.dollars), usd(m.monthly)]
-}
-
-/// A table: aligned columns, or Markdown's pipes.
-fn grid(out: &mut String, markdown: bool, head: &[&str], rows: Vec<Vec<String>>) {
-    if rows.is_empty() {
-        out.push_str("(none)\n\n");
-        return;
-    }
-    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| -> String {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        if markdown {
-            format!("| {} |\n", padded.join(" | "))
-        } else {
-            format!("{}\n", padded.join("  ").trim_end())
-        }
-    };
-    out.push_str(&line(head.iter().map(|h| h.to_string()).collect()));
-    if markdown {
-        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-        out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
-    }
-    for r in rows {
-        out.push_str(&line(r));
-    }
-    out.push('\n');
 }
 
 pub fn table(r: &Report, markdown: bool) -> String {

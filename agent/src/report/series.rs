@@ -49,3 +49,52 @@ pub fn describe_remote(l: &Labels, pods_by_ip: &HashMap<String, String>) -> Stri
         _ => "(all other)".to_owned(),
     }
 }
+
+/// Dollars, with more digits below a cent.
+pub fn usd(d: f64) -> String {
+    if d.abs() >= 0.01 || d == 0.0 {
+        format!("${d:.2}")
+    } else {
+        format!("${d:.5}")
+    }
+}
+
+/// A table: aligned columns, or Markdown's pipes.
+pub fn grid<H: AsRef<str>>(out: &mut String, markdown: bool, head: &[H], rows: Vec<Vec<String>>) {
+    if rows.is_empty() {
+        out.push_str("(none)\n\n");
+        return;
+    }
+    let mut widths: Vec<usize> = head.iter().map(|h| h.as_ref().chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        if markdown {
+            format!("| {} |\n", padded.join(" | "))
+        } else {
+            format!("{}\n", padded.join("  ").trim_end())
+        }
+    };
+    out.push_str(&line(head.iter().map(|h| h.as_ref().to_owned()).collect()));
+    if markdown {
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+    }
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out.push('\n');
+}
+
+/// A label's value, empty when the series has none.
+pub fn label<'l>(l: &'l Labels, k: &str) -> &'l str {
+    l.get(k).map_or("", String::as_str)
+}

@@ -58,6 +58,14 @@ pub trait Source {
 }
 
 async fn get(client: &HttpClient, url: &str) -> Result<String, ReportError> {
+    get_within(client, url, TIMEOUT).await
+}
+
+async fn get_within(
+    client: &HttpClient,
+    url: &str,
+    timeout: Duration,
+) -> Result<String, ReportError> {
     let request = hyper::Request::get(url)
         .header("accept", "text/plain;version=0.0.4, application/json")
         .body(Full::new(Bytes::new()))
@@ -65,7 +73,7 @@ async fn get(client: &HttpClient, url: &str) -> Result<String, ReportError> {
             url: url.to_owned(),
             message: e.to_string(),
         })?;
-    let response = client.send(request, TIMEOUT, MAX_ANSWER).await?;
+    let response = client.send(request, timeout, MAX_ANSWER).await?;
     if !response.status.is_success() {
         return Err(ReportError::Status {
             url: url.to_owned(),
@@ -76,12 +84,13 @@ async fn get(client: &HttpClient, url: &str) -> Result<String, ReportError> {
     Ok(response.text())
 }
 
-/// One scrape of an agent's `/metrics`, parsed.
+/// One scrape of an agent's `/metrics`, parsed, within `timeout`.
 pub async fn scrape(
     client: &HttpClient,
     url: &str,
+    timeout: Duration,
 ) -> Result<HashMap<String, Vec<Series>>, ReportError> {
-    text::parse(url, &get(client, url).await?)
+    text::parse(url, &get_within(client, url, timeout).await?)
 }
 
 /// A Prometheus server: each counter's increase over `[at - range, at]`, computed from the last
@@ -206,9 +215,9 @@ pub struct Scrapes {
 impl Source for Scrapes {
     async fn observe(&self) -> Result<Observed, ReportError> {
         let started = std::time::Instant::now();
-        let first = scrape(&self.client, &self.url).await?;
+        let first = scrape(&self.client, &self.url, TIMEOUT).await?;
         tokio::time::sleep(self.over).await;
-        let second = scrape(&self.client, &self.url).await?;
+        let second = scrape(&self.client, &self.url, TIMEOUT).await?;
         let mut observed = Observed {
             window_seconds: started.elapsed().as_secs_f64().max(1e-3),
             ..Observed::default()

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::{
-    context::{label, AgentCost, Context, HOURS_PER_MONTH},
-    series::{gib, Labels},
+    context::{AgentCost, Context, HOURS_PER_MONTH},
+    series::{gib, label, Labels},
     PUBLIC_IPV4_HOURLY,
 };
 
@@ -113,7 +113,10 @@ fn co_locate(cx: &Context, dest: Rows, out: &mut Vec<Suggestion>) {
     for (l, b, _) in dest {
         let kind = label(l, "remote_kind");
         let pods = label(l, "owner") == "pod" && matches!(kind, "pod" | "address");
-        if label(l, "traffic_class") != "cross_zone" || !pods {
+        // The serving side (a `port`) is the other end's pair, or a Service's backend whose
+        // clients `prefer_close` already counts: each pair once, from the side that opened it.
+        let opened = label(l, "port").is_empty();
+        if label(l, "traffic_class") != "cross_zone" || !pods || !opened {
             continue;
         }
         let e = pairs.entry((cx.owner(l), cx.remote(l))).or_default();
@@ -259,11 +262,10 @@ fn nat_per_zone(cx: &Context, traffic: Rows, out: &mut Vec<Suggestion>, notes: &
 /// Exporters scraped from the internet (a serving port with internet egress) against a
 /// scraper inside the VPC.
 fn scrape_inside_vpc(cx: &Context, dest: Rows, out: &mut Vec<Suggestion>, notes: &mut Vec<String>) {
-    let agent_port = cx.options.agent_port.to_string();
     let mut exporters: BTreeMap<(String, String), f64> = BTreeMap::new();
     for (l, b, _) in dest {
         let port = label(l, "port");
-        let served = !port.is_empty() && port != agent_port;
+        let served = !port.is_empty() && !cx.is_agent(l);
         if served && label(l, "traffic_class") == "internet" && label(l, "direction") == "egress" {
             *exporters.entry((cx.owner(l), port.to_owned())).or_default() += b;
         }

@@ -24,6 +24,11 @@ pub fn parse(origin: &str, text: &str) -> Result<HashMap<String, Vec<Series>>, R
             url: origin.to_owned(),
             message: format!("line {}: {message}", n + 1),
         })?;
+        // NaN and infinities are valid exposition but no count of bytes or dollars: left out,
+        // so that they cannot reach a sum.
+        if !value.is_finite() {
+            continue;
+        }
         out.entry(name.to_owned())
             .or_default()
             .push(Series { labels, value });
@@ -108,6 +113,9 @@ mod tests {
         assert_eq!(s.labels["b"], "2");
         assert_eq!(s.value, 12.5);
         assert_eq!(m["up"][0].value, 1.0);
+        let odd = parse("t", "x NaN\ny +Inf\nz 2\n").unwrap();
+        assert!(!odd.contains_key("x") && !odd.contains_key("y"), "{odd:?}");
+        assert_eq!(odd["z"][0].value, 2.0);
         for bad in [
             "x{a=\"1} 2",
             "x{a=1} 2",

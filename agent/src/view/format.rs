@@ -1,5 +1,7 @@
 //! Units and the health line, shared by the plain snapshot and the live screen.
 
+pub use crate::report::usd;
+
 use super::snapshot::Health;
 
 /// Bytes the way people read them (binary units).
@@ -20,14 +22,6 @@ pub fn bytes(b: f64) -> String {
 
 pub fn rate(b: f64) -> String {
     format!("{}/s", bytes(b))
-}
-
-pub fn usd(d: f64) -> String {
-    if d == 0.0 || d.abs() >= 0.01 {
-        format!("${d:.2}")
-    } else {
-        format!("${d:.6}")
-    }
 }
 
 /// One line: drains, maps, held/overflow/lost, Kubernetes, conntrack, checkpoint, start.
@@ -85,8 +79,17 @@ pub fn health_line(h: &Health) -> String {
         bytes(h.lost_bytes),
         if h.start.is_empty() { "?" } else { &h.start },
     );
+    if h.early_drains > 0.0 {
+        line.push_str(&format!(
+            " | {:.0} early drains (buffer half full)",
+            h.early_drains
+        ));
+    }
     if !h.priced {
-        line.push_str(" | unpriced: pass --region");
+        line.push_str(&format!(
+            " | unpriced: pass --region ({} counted, not priced)",
+            bytes(h.unpriced_bytes)
+        ));
     }
     line
 }

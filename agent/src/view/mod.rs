@@ -113,7 +113,10 @@ impl Fetch {
 
     /// A new snapshot.
     pub fn look(&mut self) -> Result<Snapshot, ViewError> {
-        let samples = self.runtime.block_on(scrape(&self.client, &self.url))?;
+        // Short: the screen waits for it, and q must answer.
+        let samples =
+            self.runtime
+                .block_on(scrape(&self.client, &self.url, Duration::from_secs(2)))?;
         let now = std::time::Instant::now();
         let previous = self
             .last

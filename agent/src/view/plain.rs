@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::report::grid;
+
 use super::{
     format::{health_line, rate, usd},
     snapshot::Snapshot,
@@ -36,7 +38,7 @@ pub fn render(s: &Snapshot, destinations: usize) -> String {
         });
         rows.push(row);
     }
-    grid(&mut out, &rows);
+    grid(&mut out, false, &rows[0].clone(), rows[1..].to_vec());
     for r in s.rows.iter().filter(|r| !r.destinations.is_empty()) {
         let _ = writeln!(out, "\ntop destinations of {}:", r.name());
         let mut rows = vec![["direction", "class", "remote", "port", "bytes", "$"]
@@ -52,28 +54,7 @@ pub fn render(s: &Snapshot, destinations: usize) -> String {
                 usd(d.dollars),
             ]);
         }
-        grid(&mut out, &rows);
+        grid(&mut out, false, &rows[0].clone(), rows[1..].to_vec());
     }
     out
-}
-
-fn grid(out: &mut String, rows: &[Vec<String>]) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
 }

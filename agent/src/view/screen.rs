@@ -33,6 +33,8 @@ pub struct App {
     namespace: Option<String>,
     paused: bool,
     table: TableState,
+    /// The selected owner, so that the selection follows it when the rows are sorted again.
+    selected: Option<(String, String)>,
     status: String,
 }
 
@@ -91,6 +93,7 @@ pub fn run(fetch: &mut Fetch) -> Result<(), ViewError> {
         namespace: None,
         paused: false,
         table: TableState::default().with_selected(Some(0)),
+        selected: None,
         status: String::new(),
     };
     let mut terminal = ratatui::init();
@@ -127,8 +130,14 @@ fn event_loop(
                     }
                     KeyCode::Char('n') => app.next_namespace(),
                     KeyCode::Char('p') => app.paused = !app.paused,
-                    KeyCode::Down | KeyCode::Char('j') => app.table.select_next(),
-                    KeyCode::Up | KeyCode::Char('k') => app.table.select_previous(),
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        app.selected = None;
+                        app.table.select_next();
+                    }
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        app.selected = None;
+                        app.table.select_previous();
+                    }
                     _ => {}
                 }
             }
@@ -229,11 +238,17 @@ fn draw(f: &mut Frame, app: &mut App) {
             .map(|h| Constraint::Length(h.len().max(10) as u16)),
     );
     widths.extend([12, 12, 9, 9].map(Constraint::Length));
-    // The first row once there are rows (ratatui clears the selection of an empty table).
-    let selected = match (app.table.selected(), rows.is_empty()) {
-        (_, true) => None,
-        (None, false) => Some(0),
-        (Some(i), false) => Some(i.min(rows.len() - 1)),
+    // The same owner as before wherever the sort put it; else the row under the cursor, the
+    // first one once there are rows (ratatui clears the selection of an empty table).
+    let kept = app
+        .selected
+        .as_ref()
+        .and_then(|k| rows.iter().position(|r| &r.key() == k));
+    let selected = match (kept, app.table.selected(), rows.is_empty()) {
+        (_, _, true) => None,
+        (Some(i), _, false) => Some(i),
+        (None, None, false) => Some(0),
+        (None, Some(i), false) => Some(i.min(rows.len() - 1)),
     };
     let chosen = selected.and_then(|i| rows.get(i)).map(|r| (*r).clone());
     let sort = match app.sort {
@@ -250,6 +265,7 @@ fn draw(f: &mut Frame, app: &mut App) {
             if app.paused { ", PAUSED" } else { "" }
         )));
     app.table.select(selected);
+    app.selected = chosen.as_ref().map(snapshot::Row::key);
     f.render_stateful_widget(table, main, &mut app.table);
 
     let (title, lines) = match &chosen {

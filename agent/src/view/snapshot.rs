@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::report::{describe_remote, Labels, Series};
+use crate::report::{describe_remote, label as get, Labels, Series};
 
 pub type Samples = HashMap<String, Vec<Series>>;
 
@@ -97,10 +97,6 @@ pub struct Snapshot {
     pub health: Health,
 }
 
-fn get<'l>(l: &'l Labels, k: &str) -> &'l str {
-    l.get(k).map_or("", String::as_str)
-}
-
 fn sum(samples: &Samples, name: &str) -> f64 {
     samples
         .get(name)
@@ -177,11 +173,14 @@ pub fn build(samples: &Samples, previous: Option<(&Snapshot, f64)>) -> Snapshot 
         }
     }
     let mut rows: Vec<Row> = rows.into_values().collect();
+    let before: HashMap<(String, String), &Row> = previous
+        .map(|(s, _)| s.rows.iter().map(|r| (r.key(), r)).collect())
+        .unwrap_or_default();
     for row in &mut rows {
         row.destinations
             .sort_by(|a, b| b.bytes.total_cmp(&a.bytes).then(a.remote.cmp(&b.remote)));
-        if let Some((before, elapsed)) = previous.filter(|(_, e)| *e > 0.0) {
-            if let Some(old) = before.rows.iter().find(|r| r.key() == row.key()) {
+        if let Some((_, elapsed)) = previous.filter(|(_, e)| *e > 0.0) {
+            if let Some(old) = before.get(&row.key()) {
                 let by = |r: &Row, d: &str| -> f64 {
                     r.bytes
                         .iter()

@@ -44,15 +44,11 @@ mod tests {
             let refs = vec![format!("*a{}", i - 1); 10].join(", ");
             bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
         }
-        let t = std::time::Instant::now();
+        // Refused by the budget before it is expanded (no timed assertion: the time it takes is
+        // bounded by the budget, and a loaded machine must not fail the test).
         let e = from_str::<serde_json::Value>(&bomb)
             .unwrap_err()
             .to_string();
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(2),
-            "{:?}",
-            t.elapsed()
-        );
         eprintln!("alias bomb: {e}");
         assert!(e.contains("budget breached"), "{e}");
     }

@@ -134,20 +134,25 @@ fn main() -> Result<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     println!("\n### Without EndpointSlices (kubernetes.watch_endpointslices: false)");
-    run(rounds, false, true)?;
+    let mut runs = vec![run(rounds, false, true)?];
     println!(
         "\n### With {} endpoints in {SERVICES} EndpointSlices",
         SERVICES * ENDPOINTS_PER_SERVICE
     );
-    run(rounds, true, true)?;
+    runs.push(run(rounds, true, true)?);
     println!(
         "\n### With {} endpoints, destinations off (destinations.enabled: false: no remote-end names)",
         SERVICES * ENDPOINTS_PER_SERVICE
     );
-    run(rounds, true, false)
+    runs.push(run(rounds, true, false)?);
+    netcost_tests::bench_json(
+        "kube",
+        &json!({ "pods": PODS, "nodes": NODES, "runs": runs }),
+    )
 }
 
-fn run(rounds: usize, with_slices: bool, destinations: bool) -> Result<()> {
+/// One run: its phases (RSS, peak RSS, series) and the API requests, also as JSON.
+fn run(rounds: usize, with_slices: bool, destinations: bool) -> Result<serde_json::Value> {
     let state = Arc::new(ApiState::new());
     add_nodes(&state, 0);
     for d in 0..DEPLOYMENTS {
@@ -214,7 +219,8 @@ fn run(rounds: usize, with_slices: bool, destinations: bool) -> Result<()> {
     println!("\n| phase | pods on this node | nodes | endpoints | pods with series | series exposed | RSS | peak RSS |");
     println!("|---|---|---|---|---|---|---|---|");
     let endpoints = want_slices * ENDPOINTS_PER_SERVICE;
-    let report = |agent: &mut Agent, phase: &str| -> Result<()> {
+    let mut phases = Vec::new();
+    let mut report = |agent: &mut Agent, phase: &str| -> Result<()> {
         let (rss, hwm) = agent.memory_kib()?;
         let (_, body) = agent.get("/metrics")?;
         let series = body
@@ -226,6 +232,12 @@ fn run(rounds: usize, with_slices: bool, destinations: bool) -> Result<()> {
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
+        phases.push(json!({
+            "phase": phase,
+            "series": series,
+            "rss_mib": rss as f64 / 1024.0,
+            "peak_rss_mib": hwm as f64 / 1024.0,
+        }));
         Ok(())
     };
     report(&mut agent, "synced")?;
@@ -298,5 +310,19 @@ fn run(rounds: usize, with_slices: bool, destinations: bool) -> Result<()> {
         count(&|r| r.path.contains("/replicasets/"))
     );
     agent.stop()?;
-    Ok(())
+    let requests = json!({
+        "pod_lists": count(&|r| r.path.ends_with("/pods") && !r.watch),
+        "pod_watches": count(&|r| r.path.ends_with("/pods") && r.watch),
+        "node_lists": count(&|r| r.path.ends_with("/nodes") && !r.watch),
+        "node_watches": count(&|r| r.path.ends_with("/nodes") && r.watch),
+        "endpointslice_lists": count(&|r| r.path.ends_with("/endpointslices") && !r.watch),
+        "endpointslice_watches": count(&|r| r.path.ends_with("/endpointslices") && r.watch),
+        "replicaset_gets": count(&|r| r.path.contains("/replicasets/")),
+    });
+    Ok(json!({
+        "endpoints": endpoints,
+        "destinations": destinations,
+        "phases": phases,
+        "api_requests": requests,
+    }))
 }

@@ -52,6 +52,7 @@ fn main() -> Result<()> {
         bare.push((target, started.elapsed()));
     }
     let mut agent = Agent::start("nat-bench", &config)?;
+    let mut rows = Vec::new();
     println!("| storm of {CONNECTIONS} connections to | conntrack thread CPU per 1,000 | agent CPU per 1,000 | storm time | RSS after |");
     println!("|---|---|---|---|---|");
     for (label, target) in [
@@ -87,8 +88,15 @@ fn main() -> Result<()> {
             storm.as_secs_f64(),
             rss as f64 / 1024.0
         );
+        rows.push(serde_json::json!({
+            "storm_to": label,
+            "conntrack_cpu_ms_per_1000": conntrack,
+            "agent_cpu_ms_per_1000": total,
+            "storm_seconds": storm.as_secs_f64(),
+            "rss_mib": rss as f64 / 1024.0,
+        }));
     }
-    for (target, took) in bare {
+    for (target, took) in &bare {
         println!(
             "| {target}, agent not running | – | – | {:.2} s | – |",
             took.as_secs_f64()
@@ -103,5 +111,18 @@ fn main() -> Result<()> {
         "\nconntrack NEW events read: {new}; bytes to the ClusterIP left unresolved: {unresolved}"
     );
     agent.stop()?;
-    Ok(())
+    let bare: Vec<_> = bare
+        .iter()
+        .map(|(target, took)| serde_json::json!({"storm_to": target, "agent": false, "storm_seconds": took.as_secs_f64()}))
+        .collect();
+    netcost_tests::bench_json(
+        "nat",
+        &serde_json::json!({
+            "connections": CONNECTIONS,
+            "with_agent": rows,
+            "without_agent": bare,
+            "conntrack_new_events": new,
+            "unresolved_bytes": unresolved,
+        }),
+    )
 }

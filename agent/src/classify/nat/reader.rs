@@ -35,6 +35,7 @@ pub struct ConntrackMetrics {
     up: Gauge,
     nat_connections: Gauge,
     nat_table_full: Counter,
+    served_full: Counter,
     translated_prefixes: Gauge,
     translated_errors: Counter,
 }
@@ -77,6 +78,11 @@ impl ConntrackMetrics {
             "nat_table_full",
             "Translated connections not stored because nat.max_connections was reached",
             m.nat_table_full.clone(),
+        );
+        r.register(
+            "served_ports_full",
+            "Connections remote ends opened to us whose serving port was not remembered because its table was full (their bytes carry no port)",
+            m.served_full.clone(),
         );
         r.register(
             "translated_prefixes",
@@ -306,10 +312,12 @@ fn apply(table: &SharedNat, metrics: &ConntrackMetrics, got: Received) {
     let now = Instant::now();
     let mut t = lock(table);
     let full_before = t.stats.full;
+    let served_before = t.served.full;
     for e in &got.events {
         t.apply(e, now);
     }
     metrics.nat_table_full.inc_by(t.stats.full - full_before);
+    metrics.served_full.inc_by(t.served.full - served_before);
 }
 
 /// This network namespace's own addresses (what SNAT rewrites sources to), without loopback and

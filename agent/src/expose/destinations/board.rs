@@ -51,12 +51,12 @@ impl Board {
             .count()
     }
 
-    /// The weakest candidate that is (or is not) a member.
-    pub(super) fn weakest(&self, member: bool) -> Option<(Target, f64)> {
+    /// The weakest member.
+    pub(super) fn weakest_member(&self) -> Option<(Target, f64)> {
         self.candidates
             .iter()
-            .filter(|(_, c)| c.series.is_some() == member)
-            .min_by(|x, y| x.1.score.total_cmp(&y.1.score))
+            .filter(|(_, c)| c.series.is_some())
+            .min_by(|x, y| x.1.score.total_cmp(&y.1.score).then_with(|| x.0.cmp(y.0)))
             .map(|(t, c)| (t.clone(), c.score))
     }
 
@@ -94,7 +94,7 @@ pub(super) fn rank(board: &mut Board, pending: &HashMap<Target, Totals>, capacit
         .filter(|(target, _)| target.1.kind != PeerKind::Other)
         .map(|(target, t)| (target, t.bytes))
         .collect();
-    ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     for c in board.candidates.values_mut() {
         c.recent = 0;
     }
@@ -110,9 +110,10 @@ pub(super) fn rank(board: &mut Board, pending: &HashMap<Target, Totals>, capacit
                 .iter()
                 .filter(|(_, c)| c.series.is_none())
                 .min_by(|x, y| {
-                    (x.1.recent, x.1.score)
-                        .partial_cmp(&(y.1.recent, y.1.score))
-                        .unwrap_or(std::cmp::Ordering::Equal)
+                    x.1.recent
+                        .cmp(&y.1.recent)
+                        .then(x.1.score.total_cmp(&y.1.score))
+                        .then_with(|| x.0.cmp(y.0))
                 })
                 .map(|(t, c)| (t.clone(), c.recent));
             match victim {
@@ -142,7 +143,7 @@ pub(super) fn rebalance(board: &mut Board, members_all: &mut usize, limits: &mut
             .candidates
             .iter()
             .filter(|(_, c)| c.series.is_none() && c.score > 0.0)
-            .max_by(|x, y| x.1.score.total_cmp(&y.1.score))
+            .max_by(|x, y| x.1.score.total_cmp(&y.1.score).then_with(|| y.0.cmp(x.0)))
             .map(|(t, c)| (t.clone(), c.score));
         let Some((best, best_score)) = best else {
             return;
@@ -151,7 +152,7 @@ pub(super) fn rebalance(board: &mut Board, members_all: &mut usize, limits: &mut
         if members >= limits.top {
             // A swap: the number of series stays the same. The member's series goes (its past
             // stays in Prometheus' history).
-            match board.weakest(true) {
+            match board.weakest_member() {
                 Some((t, s)) if best_score > HYSTERESIS * s => {
                     if let Some(c) = board.candidates.get_mut(&t) {
                         c.series = None;

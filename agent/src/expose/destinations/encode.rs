@@ -28,17 +28,6 @@ pub struct DestinationLabels {
     pub peer: Peer,
 }
 
-impl EncodeLabelSet for DestinationLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        let place = Place {
-            owner: self.owner,
-            direction: self.direction,
-            pod: &self.pod,
-        };
-        SeriesLabels(place, self.class, &self.peer).encode(encoder)
-    }
-}
-
 /// A series' labels, borrowed from the board that holds it. Empty values are left out, as in
 /// the traffic series.
 pub(super) struct SeriesLabels<'a>(Place<'a>, TrafficClass, &'a Peer);
