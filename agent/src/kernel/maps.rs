@@ -8,9 +8,13 @@ use agent_common::{
     cache_index, CacheEntry, Counter, FlowKey, OverflowKey, CONTROL_ACTIVE, DIRECTION_EGRESS,
     DIRECTION_INGRESS, MAP_CACHE, MAP_CONTROL, MAP_FILL, MAP_LOST,
 };
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use std::os::fd::AsFd as _;
 
-use crate::kernel::{sum_per_cpu, CountingBuffers, KernelError, Undeleted};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+};
+
+use crate::kernel::{batch, sum_per_cpu, CountingBuffers, KernelError, Undeleted};
 
 pub struct KernelMaps {
     pub(super) control: Array<MapData, u32>,
@@ -29,9 +33,26 @@ pub struct KernelMaps {
     pub last_entry_errors: usize,
 }
 
-/// Reads every entry of a per-CPU hash, leaving it in place. Keys are collected first: the
-/// kernel's key iteration restarts from the beginning when the key it was given is gone.
+/// Reads every entry of a per-CPU hash, leaving it in place: in batches where the kernel has
+/// them, else entry by entry.
 fn read_all<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &PerCpuHashMap<MapData, K, Counter>,
+    errors: &mut usize,
+) -> Vec<(K, Counter)> {
+    if let Ok(cpus) = aya::util::nr_cpus() {
+        match batch::lookup_all(map.map().fd().as_fd(), cpus) {
+            Ok(entries) => return entries,
+            Err(e) if batch::unsupported(&e) => {}
+            // Nothing is deleted by a failed read: the entry-by-entry read below takes them.
+            Err(_) => *errors += 1,
+        }
+    }
+    read_one_by_one(map, errors)
+}
+
+/// Keys are collected first: the kernel's key iteration restarts from the beginning when the
+/// key it was given is gone.
+fn read_one_by_one<K: aya::Pod + Eq + std::hash::Hash>(
     map: &PerCpuHashMap<MapData, K, Counter>,
     errors: &mut usize,
 ) -> Vec<(K, Counter)> {
@@ -52,6 +73,14 @@ fn delete_all<K: aya::Pod>(
     keys: &[K],
     errors: &mut usize,
 ) -> Vec<K> {
+    match batch::delete_all(map.map().fd().as_fd(), keys) {
+        Ok(failed) => {
+            *errors += failed.len();
+            return failed;
+        }
+        Err(e) if batch::unsupported(&e) => {}
+        Err(_) => *errors += 1,
+    }
     let mut failed = Vec::new();
     for key in keys {
         match map.remove(key) {

@@ -6,6 +6,7 @@
 //! of `agent-common` (map names, kinds, sizes). Out: `Kernel` (attached programs),
 //! `KernelMaps` (what `drain` reads through `CountingBuffers`), `TranslatedTrie`.
 
+pub mod batch;
 pub mod buffers;
 pub mod load;
 pub mod maps;
