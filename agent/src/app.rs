@@ -376,6 +376,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
                 }
             }
             drain_metrics.drained(pipeline.drainer().buffers());
+            release_freed_memory();
             if stopping {
                 return;
             }
@@ -449,5 +450,17 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// A drain allocates and frees tens of megabytes at 100,000 flows (the batch, the ranking, the
+/// checkpoint text, the exposition); glibc keeps freed memory in its arenas, so the resident
+/// size stays at the peak of the busiest drain. Handing the free pages back after each drain
+/// costs a walk of the heap (about a millisecond) and keeps RSS near what is in use.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -44,6 +44,9 @@ pub struct Pipeline<B> {
     /// The last batch is in the totals but its checkpoint could not be written.
     unsaved: bool,
     drain_metrics: DrainMetrics,
+    /// Tests compare the grouped path with the entry-by-entry one.
+    #[cfg(test)]
+    per_entry: bool,
 }
 
 impl<B: CountingBuffers> Pipeline<B> {
@@ -63,7 +66,17 @@ impl<B: CountingBuffers> Pipeline<B> {
             checkpoint,
             unsaved: false,
             drain_metrics,
+            #[cfg(test)]
+            per_entry: false,
         }
+    }
+
+    /// Whether every drained entry goes through `take_flow` alone (tests only).
+    fn per_entry(&self) -> bool {
+        #[cfg(test)]
+        return self.per_entry;
+        #[cfg(not(test))]
+        false
     }
 
     pub fn drainer(&self) -> &Drainer<B> {
@@ -110,9 +123,7 @@ impl<B: CountingBuffers> Pipeline<B> {
         for (key, held) in self.classifier.take_pending() {
             self.take_flow(inventory, nat, &key, &held.counter, held.since, now);
         }
-        for (key, counter) in &batch.flows {
-            self.take_flow(inventory, nat, key, counter, now, now);
-        }
+        self.take_flows(inventory, nat, &batch.flows, now);
         drop(nat_guard);
         for (key, counter) in &batch.overflow {
             let direction = Direction::from_abi(key.direction);
@@ -159,6 +170,33 @@ impl<B: CountingBuffers> Pipeline<B> {
         })
     }
 
+    /// The real remote end of a flow entry, whether our side opened the connection and whether
+    /// conntrack said so; `None` while it waits for conntrack (the classifier holds it).
+    fn remote_of(
+        &mut self,
+        nat: Option<&NatTable>,
+        key: &FlowKey,
+        counter: &Counter,
+        since: Instant,
+        now: Instant,
+    ) -> Option<(std::net::IpAddr, bool, bool)> {
+        match self.classifier.remote_end(nat, key, counter, since, now) {
+            RemoteEnd::Pending => None,
+            RemoteEnd::Found {
+                remote,
+                outbound,
+                nat,
+            } => {
+                match nat {
+                    NatOutcome::Resolved => self.traffic.nat_resolved(counter.bytes),
+                    NatOutcome::Unresolved => self.traffic.nat_unresolved(counter.bytes),
+                    NatOutcome::Direct => {}
+                }
+                Some((remote, outbound, nat == NatOutcome::Resolved))
+            }
+        }
+    }
+
     /// A flow entry: its real remote end (classify), then whose it is and the rest.
     fn take_flow(
         &mut self,
@@ -169,22 +207,10 @@ impl<B: CountingBuffers> Pipeline<B> {
         since: Instant,
         now: Instant,
     ) {
-        let (remote, outbound, resolved) =
-            match self.classifier.remote_end(nat, key, counter, since, now) {
-                RemoteEnd::Pending => return,
-                RemoteEnd::Found {
-                    remote,
-                    outbound,
-                    nat,
-                } => {
-                    match nat {
-                        NatOutcome::Resolved => self.traffic.nat_resolved(counter.bytes),
-                        NatOutcome::Unresolved => self.traffic.nat_unresolved(counter.bytes),
-                        NatOutcome::Direct => {}
-                    }
-                    (remote, outbound, nat == NatOutcome::Resolved)
-                }
-            };
+        let Some((remote, outbound, resolved)) = self.remote_of(nat, key, counter, since, now)
+        else {
+            return;
+        };
         let mut key = HeldKey {
             identity: self.attributor.identity(key.cgroup_id),
             remote: Some(remote),
@@ -303,5 +329,6 @@ impl<B: CountingBuffers> Pipeline<B> {
     }
 }
 
+mod grouped;
 #[cfg(test)]
 mod tests;

@@ -465,3 +465,5 @@ fn while_saves_fail_the_drained_entries_stay_in_the_kernel_and_count_once() {
         .sum();
     assert_eq!(bytes, 1010, "the checkpoint holds exactly what was counted");
 }
+
+mod grouped;

@@ -94,45 +94,67 @@ pub(super) fn rank(board: &mut Board, pending: &HashMap<Target, Totals>, capacit
         .filter(|(target, _)| target.1.kind != PeerKind::Other)
         .map(|(target, t)| (target, t.bytes))
         .collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let heaviest_first =
+        |a: &(&Target, u64), b: &(&Target, u64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0));
     for c in board.candidates.values_mut() {
         c.recent = 0;
     }
-    for (target, bytes) in ranked {
-        if let Some(c) = board.candidates.get_mut(target) {
-            c.score += bytes as f64;
-            c.recent += bytes;
-            continue;
-        }
-        if board.candidates.len() >= capacity {
-            let victim = board
-                .candidates
-                .iter()
-                .filter(|(_, c)| c.series.is_none())
-                .min_by(|x, y| {
-                    x.1.recent
-                        .cmp(&y.1.recent)
-                        .then(x.1.score.total_cmp(&y.1.score))
-                        .then_with(|| x.0.cmp(y.0))
-                })
-                .map(|(t, c)| (t.clone(), c.recent));
-            match victim {
-                Some((t, recent)) if bytes > recent => {
-                    board.candidates.remove(&t);
-                }
-                // Sorted heaviest first: no later newcomer added more either.
-                _ => break,
-            }
-        }
-        board.candidates.insert(
-            target.clone(),
-            Candidate {
-                score: bytes as f64,
-                recent: bytes,
-                ..Candidate::default()
-            },
-        );
+    // Usually the ranking stops long before the end (at the first newcomer that cannot get in),
+    // and no more than the table's entries plus its capacity come before that: sort those
+    // first, and the rest (hundreds per pod at every drain) only if the ranking gets there.
+    // The order is the same as sorting everything.
+    let head = (board.candidates.len() + capacity + 1).min(ranked.len());
+    if head < ranked.len() {
+        ranked.select_nth_unstable_by(head, heaviest_first);
     }
+    ranked[..head].sort_by(heaviest_first);
+    for i in 0..ranked.len() {
+        if i == head {
+            ranked[head..].sort_by(heaviest_first);
+        }
+        let (target, bytes) = ranked[i];
+        if !take(board, target, bytes, capacity) {
+            break;
+        }
+    }
+}
+
+/// One talker of this drain, in ranking order; false when it could not get in (and, sorted
+/// heaviest first, no later newcomer can either).
+fn take(board: &mut Board, target: &Target, bytes: u64, capacity: usize) -> bool {
+    if let Some(c) = board.candidates.get_mut(target) {
+        c.score += bytes as f64;
+        c.recent += bytes;
+        return true;
+    }
+    if board.candidates.len() >= capacity {
+        let victim = board
+            .candidates
+            .iter()
+            .filter(|(_, c)| c.series.is_none())
+            .min_by(|x, y| {
+                x.1.recent
+                    .cmp(&y.1.recent)
+                    .then(x.1.score.total_cmp(&y.1.score))
+                    .then_with(|| x.0.cmp(y.0))
+            })
+            .map(|(t, c)| (t.clone(), c.recent));
+        match victim {
+            Some((t, recent)) if bytes > recent => {
+                board.candidates.remove(&t);
+            }
+            _ => return false,
+        }
+    }
+    board.candidates.insert(
+        target.clone(),
+        Candidate {
+            score: bytes as f64,
+            recent: bytes,
+            ..Candidate::default()
+        },
+    );
+    true
 }
 
 /// Admits the best candidates while there is room, and swaps in one that clearly outranks the

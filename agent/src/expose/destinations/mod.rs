@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::DestinationsConfig,
-    vocab::{Direction, Owner, Peer, PeerKind, PodLabels, Registries, TrafficLabels},
+    vocab::{Direction, Owner, Peer, PeerKind, PodLabels, Registries, TrafficClass, TrafficLabels},
 };
 
 mod board;
@@ -126,6 +126,33 @@ impl DestinationMetrics {
             .entry((labels.destination.class, peer))
             .or_default()
             .add(bytes, dollars.unwrap_or(0.0));
+    }
+
+    /// Bytes of one series' owner to many peers at once (one lock, one board lookup): what the
+    /// drain gives for each owner and direction. Each item: class, peer, bytes, dollars.
+    pub fn add_all(
+        &mut self,
+        owner: Owner,
+        direction: Direction,
+        pod: &PodLabels,
+        items: impl IntoIterator<Item = (TrafficClass, Peer, u64, Option<f64>)>,
+    ) {
+        if !self.config.enabled {
+            return;
+        }
+        let mut state = self.state();
+        let pods = state.boards.entry((owner, direction)).or_default();
+        let board = match pods.get_mut(pod) {
+            Some(b) => b,
+            None => pods.entry(pod.clone()).or_default(),
+        };
+        for (class, peer, bytes, dollars) in items {
+            board
+                .pending
+                .entry((class, peer))
+                .or_default()
+                .add(bytes, dollars.unwrap_or(0.0));
+        }
     }
 
     /// Ranks this drain's bytes and records them, each under its member or `other`.
