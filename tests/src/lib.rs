@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod awsapi;
+pub mod ctmodel;
 pub mod kubenode;
 pub mod meter;
 pub mod openmetrics;

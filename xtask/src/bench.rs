@@ -23,8 +23,10 @@ const NS_A: &str = "nct-bench-a";
 const NS_B: &str = "nct-bench-b";
 const ADDR_B: &str = "198.18.0.2";
 const RUN_SECONDS: u32 = 5;
-/// Throughput rounds (without/with alternating); `NETCOST_BENCH_ROUNDS` overrides.
-const ROUNDS: usize = 3;
+/// Throughput rounds (without/with alternating): the targets are medians of at least five, as
+/// identical runs on a small VM vary more than the agent's effect. `NETCOST_BENCH_ROUNDS`
+/// overrides.
+const ROUNDS: usize = 5;
 
 fn ns(name: &str, argv: &[&str]) -> Result<String> {
     let netns = format!("--net=/run/netns/{name}");

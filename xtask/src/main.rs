@@ -30,6 +30,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("curl", "curl"),
     ("tmux", "tmux"),
+    ("conntrack", "conntrack"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -84,6 +85,7 @@ fn main() -> Result<()> {
             destinations_bench(&tools)?;
             kube_bench(&tools, &agent)?;
             nat_bench(&tools, &agent)?;
+            scale_bench(&tools, &agent)?;
             gather_bench_json(&json_dir, datapath)
         }
         _ => {
@@ -180,6 +182,17 @@ fn nat_bench(tools: &Tools, agent: &Path) -> Result<()> {
         agent,
         "nct-nat-bench",
         "resolver CPU per 1,000 new connections (storms through a ClusterIP on the netns node)",
+    )
+}
+
+/// A busy node (250 pods, 10,000 remote peers, 10,000 and 100,000 flows per interval) beside a
+/// model of conntrack polling on the same traffic and table.
+fn scale_bench(tools: &Tools, agent: &Path) -> Result<()> {
+    tests_bench(
+        tools,
+        agent,
+        "nct-scale-bench",
+        "a busy node: user space at 100,000 flows per drain, beside a model of conntrack polling",
     )
 }
 
