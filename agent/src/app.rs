@@ -257,6 +257,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         traffic: TrafficMetrics::register(
             &mut registries,
             router.internet_route(&config.topology.own),
+            config.kubecost_price_gauges,
         ),
         classifier: Classifier::new(
             base,

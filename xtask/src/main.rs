@@ -10,6 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod helm;
 mod prices;
 mod ranges;
 mod run;
@@ -41,8 +42,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   test    install missing tools, run every test (unit tests, then the root netns tests one at a time)
   service-ranges FILE   regenerate the bundled AWS S3/DynamoDB ranges from ip-ranges.json
   prices OFFER [EC2_OFFER] [--out FILE]   reduce AWS Price List offer files to a price file
+  helm lint|template [NAMESPACE]|package   the chart deploy/helm/netcost through Helm's library
+          (helm-python-sdk in target/helm-venv; for machines without a helm binary)
   bench   per-packet cost and throughput with and without the agent; memory with 250 pods;
-          conntrack resolver CPU per 1,000 new connections
+          conntrack resolver CPU per 1,000 new connections; a busy node beside conntrack polling
   fuzz [--iterations N] [TARGET]   fuzz every parser of outside input longer than the tests do
           (default 200,000 inputs each; TARGET: config, price_file, kubecost_config,
           service_ranges, cgroup_paths_and_mounts, conntrack_messages, checkpoint, aws_answers)";
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         "run" => run(&rest),
         "service-ranges" => ranges::run(&rest),
         "prices" => prices::run(&rest),
+        "helm" => helm::run(&rest),
         "test" => test(&rest),
         "fuzz" => fuzz(&rest),
         "bench" => {
@@ -441,6 +445,8 @@ fn test(args: &[String]) -> Result<()> {
             ])
             .args(args),
     )?;
+    // tests/tests/helm.rs renders the chart with Helm's library.
+    helm::ensure_venv()?;
     step("root integration tests: simulated node in network namespaces, one at a time");
     status(
         tools

@@ -47,6 +47,7 @@
 //!   override: { cross_zone_out: 0.01, cross_zone_in: 0.01, internet_out: 0.09, inter_region_out: 0.02, nat_gateway_per_gb: 0.045 }
 //! kubecost:
 //!   config_file: /etc/network-costs/config.yaml  # Kubecost's network-costs-config, as it is
+//!   price_gauges: true         # the five kubecost_network_*_cost gauges; off when OpenCost exports its own
 //! state:                       # restarts and upgrades that lose no byte
 //!   pin: true                  # pin maps and links in bpffs so counting goes on without us
 //!   pin_dir: /sys/fs/bpf/netcost   # must be on bpffs; pins go to <pin_dir>/v<ABI>/
@@ -331,6 +332,9 @@ pub struct Config {
     pub prices: PricesConfig,
     /// Kubecost's network-costs `config.yaml`, accepted as it is.
     pub kubecost_config: Option<PathBuf>,
+    /// Whether the five `kubecost_network_*_cost` price gauges are exposed (OpenCost may export
+    /// its own, with other values).
+    pub kubecost_price_gauges: bool,
     pub state: StateConfig,
     pub destinations: DestinationsConfig,
 }

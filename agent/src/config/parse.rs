@@ -101,11 +101,10 @@ pub(super) fn config(text: &str) -> Result<Config, ConfigError> {
     let egress = egress(raw.egress.unwrap_or_default())?;
     let services = services(raw.services.unwrap_or_default())?;
     let prices = prices(raw.prices.unwrap_or_default())?;
-    let kubecost_config = optional(
-        "kubecost.config_file",
-        raw.kubecost.unwrap_or_default().config_file,
-    )?
-    .map(PathBuf::from);
+    let kubecost = raw.kubecost.unwrap_or_default();
+    let kubecost_price_gauges = kubecost.price_gauges.unwrap_or(true);
+    let kubecost_config =
+        optional("kubecost.config_file", kubecost.config_file)?.map(PathBuf::from);
     let state = state(raw.state.unwrap_or_default())?;
     let destinations = destinations(raw.destinations.unwrap_or_default())?;
     let server = server(raw.server.unwrap_or_default(), drain_interval)?;
@@ -120,6 +119,7 @@ pub(super) fn config(text: &str) -> Result<Config, ConfigError> {
         server,
         state,
         kubecost_config,
+        kubecost_price_gauges,
         prices,
         nat,
         egress,

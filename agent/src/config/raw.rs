@@ -88,6 +88,7 @@ pub(super) struct RawState {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKubecost {
     pub(super) config_file: Option<String>,
+    pub(super) price_gauges: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

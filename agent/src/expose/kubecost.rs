@@ -81,8 +81,10 @@ pub struct KubecostTotal {
 }
 
 impl KubecostMetrics {
-    /// In the durable registry: the byte counters are totals, the prices what they cost.
-    pub fn register(registries: &mut Registries) -> KubecostMetrics {
+    /// In the durable registry: the byte counters are totals, the prices what they cost (unless
+    /// `price_gauges` is false: OpenCost may export the same gauges with its own values, and two
+    /// sources of one series disagree).
+    pub fn register(registries: &mut Registries, price_gauges: bool) -> KubecostMetrics {
         let m = KubecostMetrics::default();
         let r = &mut registries.durable;
         r.register(
@@ -122,7 +124,9 @@ impl KubecostMetrics {
                 &m.nat_gateway_ingress_cost,
             ),
         ] {
-            r.register(name, help, gauge.clone());
+            if price_gauges {
+                r.register(name, help, gauge.clone());
+            }
         }
         registries.durable().register_with_unit(
             "kubecost_unmapped",

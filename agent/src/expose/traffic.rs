@@ -87,9 +87,14 @@ pub struct Totals {
 }
 
 impl TrafficMetrics {
-    /// In the durable registry; `internet_route` is the route of this node's internet bytes.
-    pub fn register(registries: &mut Registries, internet_route: Route) -> TrafficMetrics {
-        let kubecost = KubecostMetrics::register(registries);
+    /// In the durable registry; `internet_route` is the route of this node's internet bytes,
+    /// `price_gauges` whether Kubecost's five price gauges are exposed.
+    pub fn register(
+        registries: &mut Registries,
+        internet_route: Route,
+        price_gauges: bool,
+    ) -> TrafficMetrics {
+        let kubecost = KubecostMetrics::register(registries, price_gauges);
         let f = Families::default();
         let r = registries.durable();
         r.register_with_unit(
@@ -376,7 +381,7 @@ mod tests {
     #[test]
     fn pod_series_exist_at_zero_and_go_away() {
         let mut registries = Registries::default();
-        let mut m = TrafficMetrics::register(&mut registries, Route::Direct);
+        let mut m = TrafficMetrics::register(&mut registries, Route::Direct, true);
         let registry = &registries.durable;
         let pod = PodLabels {
             namespace: "shop".into(),
@@ -399,5 +404,32 @@ mod tests {
         let text = encode(registry, Format::OpenMetrics).unwrap();
         assert!(!text.contains("u1") && !text.contains("u2"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// `kubecost.price_gauges: false`: the five price gauges are not exposed (true: they are).
+    #[test]
+    fn price_gauges_can_be_left_to_opencost() {
+        for gauges in [true, false] {
+            let mut registries = Registries::default();
+            let m = TrafficMetrics::register(&mut registries, Route::Direct, gauges);
+            let table = crate::price::PriceTable::built_in();
+            let prices =
+                crate::price::Prices::for_region(&table, "us-east-1", 0, &Default::default());
+            m.set_prices(&prices.unwrap());
+            let text = encode(&registries.durable, Format::PrometheusText).unwrap();
+            for name in [
+                "kubecost_network_zone_egress_cost",
+                "kubecost_network_region_egress_cost",
+                "kubecost_network_internet_egress_cost",
+                "kubecost_network_nat_gateway_egress_cost",
+                "kubecost_network_nat_gateway_ingress_cost",
+            ] {
+                assert_eq!(
+                    text.contains(&format!("\n{name} ")),
+                    gauges,
+                    "{name}: {text}"
+                );
+            }
+        }
     }
 }

@@ -106,7 +106,7 @@ fn fixture(name: &str, grace: Duration) -> Fixture {
             grace,
             Duration::from_secs(3600),
         ),
-        traffic: TrafficMetrics::register(&mut registries, Route::Direct),
+        traffic: TrafficMetrics::register(&mut registries, Route::Direct, true),
         classifier: Classifier::new(
             base,
             Arc::new(RwLock::new(crate::inventory::aws::CloudFacts::default())),
