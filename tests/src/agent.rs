@@ -231,6 +231,13 @@ impl Agent {
             }
             None => Command::new(&bin),
         };
+        // The agent sees only the AWS settings the test gives it: a developer's own credentials
+        // or endpoints must not change what a test proves (nor send anything to AWS).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AWS_") {
+                command.env_remove(key);
+            }
+        }
         let child = command
             .arg("--config")
             .arg(&config_path)

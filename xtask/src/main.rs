@@ -169,13 +169,14 @@ fn destinations_bench(tools: &Tools) -> Result<()> {
     status(Command::new(&bin).arg("30"))
 }
 
-/// Memory and API requests with 250 pods and 1,000 nodes in the Kubernetes API double.
+/// Memory and API requests with 250 pods, 1,000 nodes and 20,000 endpoints in the Kubernetes
+/// API double.
 fn kube_bench(tools: &Tools, agent: &Path) -> Result<()> {
     tests_bench(
         tools,
         agent,
         "nct-kube-bench",
-        "agent memory with 250 pods through pod churn and node updates",
+        "agent memory and API requests with 250 pods, 1,000 nodes and 20,000 endpoints through churn",
     )
 }
 

@@ -54,3 +54,30 @@ impl Health {
             <= self.stale_after.as_millis() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/readyz` waits for the pod and node watches only: an EndpointSlice watch that never
+    /// lists (no RBAC grant, a huge cluster) and the AWS sources (which it never reads) do not
+    /// hold it back.
+    #[test]
+    fn readiness_waits_for_pods_and_nodes_not_for_the_optional_sources() {
+        let kube = Arc::new(KubeHealth::default());
+        let health = Health::new(Duration::from_secs(60), Some(kube.clone()));
+        assert_eq!(health.readiness(), Err("not yet drained".into()));
+        health.drained();
+        kube.endpointslices.error();
+        let not_ready = health.readiness().unwrap_err();
+        assert!(
+            not_ready.contains("pods not synced, nodes not synced"),
+            "{not_ready}"
+        );
+        kube.pods.listed();
+        assert!(health.readiness().unwrap_err().contains("nodes not synced"));
+        kube.nodes.listed();
+        assert!(!kube.endpointslices.synced());
+        assert_eq!(health.readiness(), Ok(()));
+    }
+}
