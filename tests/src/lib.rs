@@ -345,3 +345,17 @@ pub fn bench_json(name: &str, value: &serde_json::Value) -> Result<()> {
     std::fs::write(&path, serde_json::to_vec_pretty(value)?)
         .with_context(|| format!("writing {}", path.display()))
 }
+
+/// Socket file descriptors process `pid` holds.
+pub fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -12,6 +12,7 @@ use netcost_tests::{
     kubenode::{cluster, config, names, with_container, NODE},
     openmetrics, promtool_check_metrics, serial,
     simnode::{Offloads, SimNode},
+    sockets_of,
     truth::{compare_with_meters, run_plan, PLAN},
 };
 
@@ -258,20 +259,6 @@ fn a_failing_disk_never_takes_a_counter_back_nor_loses_a_byte() -> Result<()> {
         bail!("{}\nsecond agent's log: {log}", failures.join("\n"));
     }
     Ok(())
-}
-
-/// Socket file descriptors the agent holds.
-fn sockets_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// 400 connections that trickle a header byte every 2 s and 200 that ask for /metrics and never

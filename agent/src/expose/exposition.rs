@@ -78,15 +78,51 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
 pub struct Exposition {
     open_metrics: Bytes,
     prometheus: OnceLock<Bytes>,
-    gzip: [OnceLock<Bytes>; 2],
+    gzip: [OnceLock<GzipHead>; 2],
 }
 
-fn gzip(data: &[u8]) -> Bytes {
+/// The totals' part of a gzip stream: the gzip header and raw deflate blocks of the text, ended
+/// by a sync flush (byte-aligned, not final) so that each scrape's own blocks can follow in the
+/// same member, then the trailer. One member, because not every gzip reader reads several
+/// (curl stops at the end of the first).
+struct GzipHead {
+    bytes: Bytes,
+    crc: u32,
+    len: u64,
+}
+
+/// RFC 1952 §2.3: magic, deflate, no flags, no time, no extra flags, unknown OS.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+fn gzip_head(data: &[u8]) -> GzipHead {
     use std::io::Write as _;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing to a Vec cannot fail.
+    let mut enc =
+        flate2::write::DeflateEncoder::new(GZIP_HEADER.to_vec(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail; flush ends the blocks on a byte boundary, none final.
     let _ = enc.write_all(data);
-    Bytes::from(enc.finish().unwrap_or_default())
+    let _ = enc.flush();
+    let bytes = Bytes::from(std::mem::take(enc.get_mut()));
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(data);
+    GzipHead {
+        bytes,
+        crc: crc.finalize(),
+        len: data.len() as u64,
+    }
+}
+
+/// The rest of the member after `head`: `data` in final deflate blocks (their own: nothing in
+/// them refers back), then the CRC-32 and the length (mod 2^32) of everything.
+fn gzip_tail(head: &GzipHead, data: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = enc.write_all(data);
+    let mut out = enc.finish().unwrap_or_default();
+    let mut crc = crc32fast::Hasher::new_with_initial_len(head.crc, head.len);
+    crc.update(data);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&((head.len + data.len() as u64) as u32).to_le_bytes());
+    Bytes::from(out)
 }
 
 const EOF: &str = "# EOF\n";
@@ -118,30 +154,25 @@ impl Exposition {
         }
     }
 
-    /// The totals' part of a body for `format`, gzipped or not.
-    fn part(&self, format: Format, compressed: bool) -> Bytes {
-        if !compressed {
-            return self.plain(format);
-        }
+    fn gzip_head(&self, format: Format) -> &GzipHead {
         self.gzip[usize::from(format == Format::PrometheusText)]
-            .get_or_init(|| gzip(&self.plain(format)))
-            .clone()
+            .get_or_init(|| gzip_head(&self.plain(format)))
     }
 
     /// The chunks of a whole body: the totals, then `live` (an OpenMetrics encoding of the live
-    /// registry, `# EOF` included). Gzipped, they are two gzip members, which a gzip reader
-    /// reads as one stream (RFC 1952 §2.2).
+    /// registry, `# EOF` included). Gzipped, one gzip member whose head (the totals) is
+    /// compressed once per drain and whose tail (`live`) per scrape.
     pub fn body(&self, format: Format, compressed: bool, live: &str) -> Vec<Bytes> {
         let tail = match format {
             Format::OpenMetrics => live.to_owned(),
             Format::PrometheusText => to_prometheus_text(live),
         };
-        let tail = if compressed {
-            gzip(tail.as_bytes())
+        if compressed {
+            let head = self.gzip_head(format);
+            vec![head.bytes.clone(), gzip_tail(head, tail.as_bytes())]
         } else {
-            Bytes::from(tail)
-        };
-        vec![self.part(format, compressed), tail]
+            vec![self.plain(format), Bytes::from(tail)]
+        }
     }
 }
 
@@ -223,12 +254,46 @@ mod tests {
         );
         let mut out = String::new();
         use std::io::Read as _;
-        flate2::read::MultiGzDecoder::new(&z1.concat()[..])
+        // One member: a reader that stops at the end of the first gets everything.
+        flate2::read::GzDecoder::new(&z1.concat()[..])
             .read_to_string(&mut out)
             .unwrap();
         assert_eq!(
             out,
             "# TYPE a counter\na_total 1\n# TYPE b gauge\nb 2\n# EOF\n"
         );
+    }
+
+    /// Megabytes of totals (many deflate blocks) and a live part: one gzip member whose CRC and
+    /// length cover both, as a strict single-member reader checks them.
+    #[test]
+    fn a_large_gzip_body_is_one_valid_member() {
+        let mut totals = String::from("# TYPE a counter\n");
+        for i in 0..60_000u32 {
+            totals.push_str(&format!(
+                "a_total{{pod=\"p{}\"}} {}\n",
+                i,
+                i.wrapping_mul(2_654_435_761)
+            ));
+        }
+        let e = Exposition::new(format!("{totals}# EOF\n"));
+        let live = "# TYPE b gauge\nb 2\n# EOF\n";
+        let z = e.body(Format::OpenMetrics, true, live).concat();
+        let mut decoder = flate2::read::GzDecoder::new(&z[..]);
+        let mut out = String::new();
+        use std::io::Read as _;
+        decoder.read_to_string(&mut out).unwrap();
+        assert_eq!(out, format!("{totals}{live}"));
+        let mut rest = Vec::new();
+        decoder.into_inner().read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{} bytes after the member", rest.len());
+        // The trailer is checked: a wrong CRC is refused.
+        let mut bad = z.clone();
+        let crc_at = bad.len() - 8;
+        bad[crc_at] ^= 1;
+        let mut ignored = String::new();
+        assert!(flate2::read::GzDecoder::new(&bad[..])
+            .read_to_string(&mut ignored)
+            .is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod exposition;
 pub mod health;
 pub mod kubecost;
 pub mod server;
+mod stalling;
 pub mod tls;
 pub mod traffic;
 

@@ -13,8 +13,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
-    io,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -25,14 +23,14 @@ use bytes::Bytes;
 use hyper::{body::Incoming, header, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::Sleep,
 };
 
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 
+use super::stalling::Stalling;
 use super::{
     auth::Authenticator,
     exposition::{ExpositionCache, Format},
@@ -288,10 +286,16 @@ pub async fn serve(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Full: say so without reading anything, and close.
-            let _ = stream.try_write(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            // Full: say so without reading anything, and close. A new socket's send buffer takes
+            // these bytes at once; written through the std socket, because a tokio stream that
+            // was never polled reports WouldBlock to `try_write` (no 503 ever left).
+            if let Ok(stream) = stream.into_std() {
+                use std::io::Write as _;
+                let _ = (&stream).write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
             continue;
         };
         let shared = shared.clone();
@@ -336,89 +340,6 @@ where
         .serve_connection(TokioIo::new(io), service);
     // A scraper that hangs up mid-response, or is cut off, is not our error.
     let _ = conn.await;
-}
-
-/// A stream that fails with `TimedOut` once neither reading nor writing made progress for
-/// `limit`: an idle keep-alive connection, or a client that stopped taking our answer.
-struct Stalling<S> {
-    inner: S,
-    limit: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl<S> Stalling<S> {
-    fn new(inner: S, limit: Duration) -> Self {
-        Stalling {
-            inner,
-            limit,
-            deadline: Box::pin(tokio::time::sleep(limit)),
-        }
-    }
-
-    fn progressed(&mut self) {
-        let next = tokio::time::Instant::now() + self.limit;
-        self.deadline.as_mut().reset(next);
-    }
-
-    /// On `Pending`: `Ready(Err)` once the deadline passed.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "no progress: connection closed")
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Stalling<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.progressed();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(e) => Poll::Ready(e),
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
-            other => other,
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
