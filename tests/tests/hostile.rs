@@ -405,8 +405,10 @@ fn one_pod_spraying_addresses_cannot_push_the_others_out_of_their_class() -> Res
     // 198.18.0.0/15 (benchmarking addresses) routed to the internet host, which drops them.
     node.netns("router")?
         .ip("route add 198.18.0.0/15 via 203.0.113.10")?;
+    // A quota above half the map, so that the sprayer alone fills the buffer past half and the
+    // drain comes early (with the default quota of a quarter, one pod alone never does).
     let config = format!(
-        "drain_interval_seconds: 5\nmaps: {{ flow_entries: 16384, overflow_entries: 1024 }}\n{}kubernetes:\n  enabled: false\n",
+        "drain_interval_seconds: 5\nmaps: {{ flow_entries: 16384, overflow_entries: 1024, flows_per_owner: 12288 }}\n{}kubernetes:\n  enabled: false\n",
         netcost_tests::simnode::TOPOLOGY_YAML
     );
     let agent = Agent::start("hostile-spray", &config)?;
@@ -479,6 +481,9 @@ fn one_pod_spraying_addresses_cannot_push_the_others_out_of_their_class() -> Res
         failures.push(format!(
             "pod1 sprayed {sprayed} bytes, netcost counted {counted}"
         ));
+    }
+    if early == 0.0 {
+        failures.push("no early drain while the buffer was more than half full".into());
     }
     if pod1("unknown") == 0.0 {
         failures.push("pod1 never went over its quota: the spray did not test anything".into());

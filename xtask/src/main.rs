@@ -10,6 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod fuzz;
 mod helm;
 mod prices;
 mod ranges;
@@ -65,7 +66,7 @@ fn main() -> Result<()> {
         "prices" => prices::run(&rest),
         "helm" => helm::run(&rest),
         "test" => test(&rest),
-        "fuzz" => fuzz(&rest),
+        "fuzz" => fuzz::fuzz(&rest),
         "bench" => {
             let tools = ensure_tools()?;
             let agent = build_agent(&tools)?;
@@ -459,38 +460,3 @@ fn test(args: &[String]) -> Result<()> {
     )
 }
 
-/// The parsers' fuzz tests (agent/src/fuzz/) with many more inputs, in release.
-fn fuzz(args: &[String]) -> Result<()> {
-    let mut iterations = "200000".to_owned();
-    let mut target = String::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--iterations" => {
-                iterations = it.next().context("--iterations needs a number")?.clone();
-                iterations
-                    .parse::<u64>()
-                    .with_context(|| format!("--iterations {iterations:?}"))?;
-            }
-            t if !t.starts_with('-') => target = t.to_owned(),
-            other => bail!("unknown argument {other:?}"),
-        }
-    }
-    let tools = ensure_tools()?;
-    step(&format!(
-        "fuzzing {} with {iterations} inputs each (release)",
-        if target.is_empty() {
-            "every parser"
-        } else {
-            &target
-        }
-    ));
-    status(
-        tools
-            .cargo()
-            .args(["test", "--release", "-p", "agent", "--lib"])
-            .arg(format!("fuzz::fuzz_{target}"))
-            .args(["--", "--nocapture"])
-            .env("NETCOST_FUZZ_ITERATIONS", &iterations),
-    )
-}
