@@ -58,6 +58,7 @@ fn runs_with_exactly_its_three_capabilities_on_a_read_only_root() -> Result<()> 
     // CAP_NET_ADMIN alone for its resync dumps.
     let three = (1u64 << 12) | (1 << 38) | (1 << 39);
     let pid = agent.pid();
+    let mut conntrack_threads = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = task?.path();
         let name = std::fs::read_to_string(dir.join("comm"))?.trim().to_owned();
@@ -89,7 +90,20 @@ fn runs_with_exactly_its_three_capabilities_on_a_read_only_root() -> Result<()> 
                 set(field)?
             );
         }
+        // Nothing to hand on to a program it could run, and no way to gain privileges again.
+        for field in ["CapInh:", "CapAmb:"] {
+            ensure!(set(field)? == 0, "thread {name}: {field} {:x}", set(field)?);
+        }
+        ensure!(
+            set("NoNewPrivs:")? == 1,
+            "thread {name}: NoNewPrivs not set"
+        );
+        conntrack_threads += usize::from(name == "conntrack");
     }
+    ensure!(
+        conntrack_threads == 1,
+        "{conntrack_threads} conntrack threads: the exception above was not checked"
+    );
     node.transfer("pod1", "internet", Family::V4, &["send", "2000000"])?;
     let samples = agent.settled_metrics(Duration::from_millis(500))?;
     let uid = &node.pod("pod1").uid;

@@ -459,4 +459,3 @@ fn test(args: &[String]) -> Result<()> {
             .env("NETCOST_AGENT_BIN", &agent),
     )
 }
-
