@@ -359,3 +359,19 @@ pub fn sockets_of(pid: u32) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Sets a client socket's receive buffer to about `bytes` (the kernel doubles it, with a
+/// floor): a reader that never reads then stalls the server's answer early.
+pub fn small_receive_buffer(s: &std::net::TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

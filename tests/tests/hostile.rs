@@ -266,7 +266,7 @@ fn a_failing_disk_never_takes_a_counter_back_nor_loses_a_byte() -> Result<()> {
 /// stay on schedule, and every slow connection is closed at its timeout.
 #[test]
 fn slow_and_stuck_clients_cannot_hold_the_agent() -> Result<()> {
-    use std::{io::Write as _, net::TcpStream, os::fd::AsRawFd as _, time::Instant};
+    use std::{io::Write as _, net::TcpStream, time::Instant};
     let _serial = serial();
     let config = format!(
         // The server's defaults: 5 s for a request head, 15 s without progress.
@@ -293,17 +293,7 @@ fn slow_and_stuck_clients_cannot_hold_the_agent() -> Result<()> {
     let mut stuck = Vec::new();
     for _ in 0..200 {
         let s = TcpStream::connect(("127.0.0.1", agent.port))?;
-        let small: libc::c_int = 2048;
-        // SAFETY: a valid socket and a c_int option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&small as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        netcost_tests::small_receive_buffer(&s, 2048);
         (&s).write_all(
             b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\n\r\n",
         )?;

@@ -7,7 +7,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
@@ -185,17 +184,7 @@ fn every_server_limit_is_reached_and_holds() -> Result<()> {
     // A reader that stops taking its answer: 300 pipelined scrapes into a 2 KiB receive buffer.
     let one = agent.get("/metrics")?.1.len();
     let mut stuck = TcpStream::connect(("127.0.0.1", agent.port))?;
-    let small: libc::c_int = 2048;
-    // SAFETY: a valid socket and a c_int option value of the right size.
-    unsafe {
-        libc::setsockopt(
-            stuck.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    netcost_tests::small_receive_buffer(&stuck, 2048);
     let client_port = stuck.local_addr()?.port();
     let t = Instant::now();
     while !agent_holds(agent.port, client_port)? && t.elapsed() < Duration::from_secs(1) {
