@@ -227,14 +227,20 @@ fn run(rounds: usize, with_slices: bool, destinations: bool) -> Result<serde_jso
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count();
+        // The addresses the agent placed from the slices, as it says, beside what the double
+        // serves: the endpoints are counted where they land, not only the slices.
+        let placed = netcost_tests::agent::Samples::parse(&body)
+            .value("netcost_topology_prefixes", &[("source", "endpointslices")])
+            .unwrap_or(0.0);
         println!(
-            "| {phase} | {PODS} | {NODES} | {endpoints} | {PODS} | {series} | {:.1} MiB | {:.1} MiB |",
+            "| {phase} | {PODS} | {NODES} | {endpoints} ({placed} addresses placed) | {PODS} | {series} | {:.1} MiB | {:.1} MiB |",
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
         phases.push(json!({
             "phase": phase,
             "series": series,
+            "endpoint_addresses_placed": placed,
             "rss_mib": rss as f64 / 1024.0,
             "peak_rss_mib": hwm as f64 / 1024.0,
         }));
