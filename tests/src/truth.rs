@@ -76,23 +76,18 @@ pub fn compare_classes(
         };
         for &class in classes {
             let has_traffic = active(&pod.name, class);
+            let truth_of = |direction: &str| {
+                truth
+                    .get(&(class.to_owned(), direction.to_owned()))
+                    .copied()
+                    .unwrap_or(0) as f64
+            };
             // The plan's volume shows in the pair of directions: the side that only acknowledges
             // a one-way transfer can carry fewer than 1,000 bytes (ACKs coalesce differently
             // from run to run), but it must carry some.
-            let pair: f64 = DIRECTIONS
-                .iter()
-                .map(|d| {
-                    truth
-                        .get(&(class.to_owned(), (*d).to_owned()))
-                        .copied()
-                        .unwrap_or(0) as f64
-                })
-                .sum();
+            let pair: f64 = DIRECTIONS.iter().map(|d| truth_of(d)).sum();
             for direction in DIRECTIONS {
-                let t = truth
-                    .get(&(class.to_owned(), direction.to_owned()))
-                    .copied()
-                    .unwrap_or(0) as f64;
+                let t = truth_of(direction);
                 let Some(got) = value(class, direction) else {
                     c.failures
                         .push(format!("{} {class} {direction}: no series", pod.name));

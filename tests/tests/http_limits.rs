@@ -36,22 +36,35 @@ fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     (got, false)
 }
 
-/// Whether the agent still holds its end of the connection from `client_port`: the kernel keeps
+/// How many of the connections from `client_ports` the agent holds its end of: the kernel keeps
 /// a closed socket with unsent data (an orphan, inode 0) until the peer takes it or it times
-/// out, so the socket table says it, not the peer.
-fn agent_holds(agent_port: u16, client_port: u16) -> Result<bool> {
+/// out, so the socket table says it, not the peer. (Before `accept`, the inode is 0 too.)
+fn agent_holds(agent_port: u16, client_ports: &[u16]) -> Result<usize> {
     let table = std::fs::read_to_string("/proc/net/tcp")?;
     let port = |addr: &str| {
         addr.rsplit_once(':')
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
     };
-    Ok(table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 9
-            && port(f[1]) == Some(agent_port)
-            && port(f[2]) == Some(client_port)
-            && f[9] != "0"
-    }))
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 9
+                && port(f[1]) == Some(agent_port)
+                && port(f[2]).is_some_and(|p| client_ports.contains(&p))
+                && f[9] != "0"
+        })
+        .count())
+}
+
+/// Waits (up to `limit`) until the agent has accepted every connection from `client_ports`.
+fn wait_until_accepted(agent_port: u16, client_ports: &[u16], limit: Duration) -> Result<()> {
+    let t = Instant::now();
+    while agent_holds(agent_port, client_ports)? < client_ports.len() && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 fn status_line(answer: &[u8]) -> String {
@@ -79,21 +92,12 @@ fn every_server_limit_is_reached_and_holds() -> Result<()> {
         .map(|_| TcpStream::connect(("127.0.0.1", agent.port)))
         .collect::<Result<_, _>>()?;
     // Wait until the agent took every one (the socket table gives its end an inode then).
-    let t = Instant::now();
     let ports: Vec<u16> = silent
         .iter()
         .map(|s| s.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()?;
-    while t.elapsed() < HEADER_TIMEOUT / 2 {
-        let held = ports
-            .iter()
-            .filter(|p| agent_holds(agent.port, **p).unwrap_or(false))
-            .count();
-        if held == CAP {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_accepted(agent.port, &ports, HEADER_TIMEOUT / 2)?;
+    let t = Instant::now();
     let mut extra = TcpStream::connect(("127.0.0.1", agent.port))?;
     let asked = Instant::now();
     let (answer, closed) = read_until_closed(&mut extra, Duration::from_secs(3));
@@ -186,10 +190,7 @@ fn every_server_limit_is_reached_and_holds() -> Result<()> {
     let mut stuck = TcpStream::connect(("127.0.0.1", agent.port))?;
     netcost_tests::small_receive_buffer(&stuck, 2048);
     let client_port = stuck.local_addr()?.port();
-    let t = Instant::now();
-    while !agent_holds(agent.port, client_port)? && t.elapsed() < Duration::from_secs(1) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_accepted(agent.port, &[client_port], Duration::from_secs(1))?;
     stuck
         .write_all(
             b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -200,7 +201,7 @@ fn every_server_limit_is_reached_and_holds() -> Result<()> {
     let sent = Instant::now();
     let mut closed_after = None;
     while sent.elapsed() < IDLE_TIMEOUT * 3 {
-        if !agent_holds(agent.port, client_port)? {
+        if agent_holds(agent.port, &[client_port])? == 0 {
             closed_after = Some(sent.elapsed());
             break;
         }

@@ -94,7 +94,7 @@ struct GzipHead {
 /// RFC 1952 §2.3: magic, deflate, no flags, no time, no extra flags, unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-fn gzip_head(data: &[u8]) -> GzipHead {
+fn compress_head(data: &[u8]) -> GzipHead {
     use std::io::Write as _;
     let mut enc =
         flate2::write::DeflateEncoder::new(GZIP_HEADER.to_vec(), flate2::Compression::fast());
@@ -156,7 +156,7 @@ impl Exposition {
 
     fn gzip_head(&self, format: Format) -> &GzipHead {
         self.gzip[usize::from(format == Format::PrometheusText)]
-            .get_or_init(|| gzip_head(&self.plain(format)))
+            .get_or_init(|| compress_head(&self.plain(format)))
     }
 
     /// The chunks of a whole body: the totals, then `live` (an OpenMetrics encoding of the live
